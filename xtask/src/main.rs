@@ -1,0 +1,2 @@
+//! `cargo xtask`: what plain cargo cannot do.
+fn main() {}
