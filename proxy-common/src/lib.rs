@@ -18,7 +18,9 @@ pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 /// Maps an IPv4 address (network byte order octets) into the shared 16-byte form.
 #[must_use]
 pub const fn v4_mapped(octets: [u8; 4]) -> Addr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
 }
 
 /// Names of the maps in the eBPF object; also their file names in the pin directory.
@@ -31,8 +33,19 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    pub const BAN_NOTES: &str = "BAN_NOTES";
     /// Every pinned map, for listing and purging a pin directory.
-    pub const ALL: [&str; 8] = [ALLOWLIST, BLOCKLIST, BANS, RATES, CONFIG, STATS, DROP_EVENTS, EVENT_BUDGET];
+    pub const ALL: [&str; 9] = [
+        ALLOWLIST,
+        BLOCKLIST,
+        BANS,
+        BAN_NOTES,
+        RATES,
+        CONFIG,
+        STATS,
+        DROP_EVENTS,
+        EVENT_BUDGET,
+    ];
 }
 
 /// Default capacities. Userspace may override them when it first creates the pinned maps.
@@ -55,7 +68,7 @@ pub mod capacity {
 pub enum BanReason {
     /// Placed by an operator through the CLI or admin API.
     Manual = 1,
-    /// Payload inspection found attacks (SQLi, XSS, ...).
+    /// Payload inspection found attacks (SQL injection, cross-site scripting, ...).
     Injection = 2,
     /// Token tampering or repeated authentication failures.
     AuthAbuse = 3,
@@ -120,6 +133,27 @@ pub struct Ban {
     pub strikes: u32,
 }
 
+/// Value of the `BAN_NOTES` map, keyed by [`Addr`]: the operator's or detector's words on a ban (UTF-8, cut
+/// at [`BanNote::CAPACITY`] bytes). Only userspace reads and writes it; it is a map rather than a file so that
+/// it lives and dies with the bans, on the same bpffs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanNote {
+    pub len: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+    pub text: [u8; BanNote::CAPACITY],
+}
+
+impl BanNote {
+    pub const CAPACITY: usize = 120;
+    pub const EMPTY: BanNote = BanNote {
+        len: 0,
+        pad: 0,
+        text: [0; BanNote::CAPACITY],
+    };
+}
+
 /// Verdict-cache bits kept in [`SourceState::cached`].
 pub mod cached {
     /// The source matched the allowlist.
@@ -162,7 +196,8 @@ pub struct SourceState {
     pub ban_expires_ns: u64,
     /// [`cached`] bits.
     pub cached: u32,
-    pub _pad: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// The single entry of the `CONFIG` array map. Written by userspace only.
@@ -306,6 +341,7 @@ pub struct DropEvent {
 
 const _: () = {
     assert!(core::mem::size_of::<Ban>() == 32);
+    assert!(core::mem::size_of::<BanNote>() == 128);
     assert!(core::mem::size_of::<SourceState>() == 112);
     assert!(core::mem::size_of::<XdpConfig>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);
@@ -318,6 +354,7 @@ mod pod {
     // SAFETY: each type is `repr(C)`, `Copy`, made only of integers, and has no padding (size asserts above), so
     // every bit pattern is valid and no byte is uninitialised.
     unsafe impl aya::Pod for super::Ban {}
+    unsafe impl aya::Pod for super::BanNote {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::EventBudget {}

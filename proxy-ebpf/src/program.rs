@@ -22,8 +22,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::error;
 use proxy_common::{
-    Addr, Ban, Counter, DropEvent, DropReason, EventBudget, SourceState, Stat, XdpConfig, cached, capacity,
-    v4_mapped,
+    Addr, Ban, BanNote, Counter, DropEvent, DropReason, EventBudget, SourceState, Stat, XdpConfig, cached,
+    capacity, v4_mapped,
 };
 
 #[map]
@@ -32,6 +32,9 @@ static ALLOWLIST: LpmTrie<Addr, u32> = LpmTrie::pinned(capacity::ALLOWLIST, 0);
 static BLOCKLIST: LpmTrie<Addr, u32> = LpmTrie::pinned(capacity::BLOCKLIST, 0);
 #[map]
 static BANS: LruHashMap<Addr, Ban> = LruHashMap::pinned(capacity::BANS, 0);
+/// Userspace-only (ban reasons in words); declared here so it is created and pinned with the other maps.
+#[map]
+static BAN_NOTES: LruHashMap<Addr, BanNote> = LruHashMap::pinned(capacity::BANS, 0);
 #[map]
 static RATES: LruHashMap<Addr, SourceState> = LruHashMap::pinned(capacity::RATES, 0);
 #[map]

@@ -4,14 +4,26 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::Error;
+use crate::{
+    Error,
+    xdp::{
+        ListKind,
+        commands::{self, BanArgs, ListCommand, MapsCommand, XdpCommand},
+    },
+};
 
 /// Default bpffs directory for the pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rasp-proxy";
 
 #[derive(Debug, Parser)]
-#[command(name = "rasp-proxy", version, about = "eBPF/XDP-accelerated RASP access proxy")]
+#[command(
+    name = "rasp-proxy",
+    version,
+    about = "eBPF/XDP-accelerated RASP access proxy"
+)]
 pub struct Cli {
+    #[command(flatten)]
+    pub pins: PinDirArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -25,9 +37,46 @@ pub struct PinDirArg {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Attach, detach and inspect the XDP data plane.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
+    /// Ban an address in the kernel for a while.
+    Ban(BanArgs),
+    /// Lift a ban.
+    Unban { addr: String },
+    /// Edit the CIDR blocklist.
+    #[command(subcommand)]
+    Blocklist(ListCommand),
+    /// Edit the CIDR allowlist (allowed sources are never dropped).
+    #[command(subcommand)]
+    Allowlist(ListCommand),
+    /// Read the pinned maps.
+    #[command(subcommand)]
+    Maps(MapsCommand),
+}
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {}
+    init_cli_logging();
+    let pins = &cli.pins;
+    match cli.command {
+        Command::Xdp(cmd) => commands::run_xdp(pins, cmd),
+        Command::Ban(args) => commands::run_ban(pins, &args),
+        Command::Unban { addr } => commands::run_unban(pins, &addr),
+        Command::Blocklist(cmd) => commands::run_list(pins, ListKind::Blocklist, &cmd),
+        Command::Allowlist(cmd) => commands::run_list(pins, ListKind::Allowlist, &cmd),
+        Command::Maps(cmd) => commands::run_maps(pins, &cmd),
+    }
+}
+
+/// Human-readable logs on stderr for one-shot commands (`RUST_LOG` overrides the `info` default).
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }

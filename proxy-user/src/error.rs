@@ -42,7 +42,11 @@ pub enum Error {
          `rasp-proxy xdp detach --all --purge` to recreate the maps",
         dir.display()
     )]
-    IncompatiblePin { map: &'static str, dir: PathBuf, detail: String },
+    IncompatiblePin {
+        map: &'static str,
+        dir: PathBuf,
+        detail: String,
+    },
 
     #[error("{action}: {source}")]
     Bpf {

@@ -6,5 +6,6 @@ pub mod cli;
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod xdp;
 
 pub use error::Error;

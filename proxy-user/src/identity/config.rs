@@ -33,7 +33,11 @@ pub struct JwtConfig {
 
 impl Default for JwtConfig {
     fn default() -> Self {
-        Self { issuer: Vec::new(), leeway: default_leeway(), subject_header: default_subject_header() }
+        Self {
+            issuer: Vec::new(),
+            leeway: default_leeway(),
+            subject_header: default_subject_header(),
+        }
     }
 }
 
@@ -69,7 +73,7 @@ pub struct JwtIssuerConfig {
 }
 
 fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 
 /// One `[[api_key]]`: the key itself never appears in config, only its SHA-256.
