@@ -22,8 +22,8 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // `f_type`'s integer type differs between architectures.
-    Ok(i64::from(st.f_type) == BPF_FS_MAGIC)
+    // x86_64 only: `f_type` is an `i64` there (its type differs between architectures).
+    Ok(st.f_type == BPF_FS_MAGIC)
 }
 
 /// Creates `dir` (and parents) on a bpffs, mounting one first if needed: at `/sys/fs/bpf` when `dir` lies
