@@ -53,7 +53,10 @@ fn unique(prefix: &str) -> String {
 }
 
 /// Runs a command and panics with its output if it fails.
-#[expect(clippy::must_use_candidate, reason = "callers run it for its effect and its panic on failure")]
+#[expect(
+    clippy::must_use_candidate,
+    reason = "callers run it for its effect and its panic on failure"
+)]
 pub fn sh(program: &str, args: &[&str]) -> Output {
     let out = Command::new(program)
         .args(args)

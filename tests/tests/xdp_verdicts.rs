@@ -1,6 +1,9 @@
 //! The XDP program's verdicts on hand-built frames, through `BPF_PROG_TEST_RUN`: table style, each case with its
 //! frame, the expected verdict, and the counter it must land in.
 
+#![expect(clippy::expect_used, reason = "tests panic with a message")]
+#![expect(clippy::too_many_lines, reason = "the case table reads best as one list")]
+
 use std::{net::IpAddr, time::Duration};
 
 use aya::programs::{TestRun as _, TestRunOptions};
@@ -145,10 +148,10 @@ fn verdicts_on_crafted_frames() {
     let banned4 = ip("192.0.2.66");
     let banned6 = ip("2001:db8:bad::1");
     h.maps
-        .ban(banned4, Duration::from_secs(600), BanReason::Manual, "test")
+        .ban(banned4, Duration::from_mins(10), BanReason::Manual, "test")
         .expect("ban v4");
     h.maps
-        .ban(banned6, Duration::from_secs(600), BanReason::Injection, "")
+        .ban(banned6, Duration::from_mins(10), BanReason::Injection, "")
         .expect("ban v6");
     h.maps
         .list_add(
@@ -174,12 +177,7 @@ fn verdicts_on_crafted_frames() {
         .expect("allow");
     // Banned and allowed: the allowlist wins again.
     h.maps
-        .ban(
-            ip("198.51.100.9"),
-            Duration::from_secs(600),
-            BanReason::Manual,
-            "",
-        )
+        .ban(ip("198.51.100.9"), Duration::from_mins(10), BanReason::Manual, "")
         .expect("ban");
     h.maps
         .list_add(
@@ -365,7 +363,7 @@ fn an_expired_ban_passes_and_a_new_ban_applies_at_once() {
     );
     // The verdict is cached per source; a new ban must invalidate it immediately.
     h.maps
-        .ban(src, Duration::from_secs(60), BanReason::Manual, "")
+        .ban(src, Duration::from_mins(1), BanReason::Manual, "")
         .expect("ban again");
     assert_eq!(
         h.run(&frame::v4(src4, &[], 0)),
