@@ -120,12 +120,13 @@ impl BanReason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ban {
-    /// `CLOCK_MONOTONIC` time (as `bpf_ktime_get_ns`) after which the ban no longer applies. The kernel lets
-    /// an expired ban pass on its own; userspace reaps the entry at leisure.
+    /// `CLOCK_MONOTONIC` time after which the ban no longer applies. The kernel lets an expired ban pass on its
+    /// own (it reads the coarse clock, so a ban may outlast its expiry by one scheduler tick); userspace reaps the
+    /// entry at leisure.
     pub expires_ns: u64,
     /// `CLOCK_MONOTONIC` time the ban was placed.
     pub created_ns: u64,
-    /// Packets dropped because of this ban.
+    /// Packets dropped because of this ban, up to the last fold of [`SourceState::ban_hits_pending`].
     pub hits: u64,
     /// A [`BanReason`] as `u32`.
     pub reason: u32,
@@ -172,21 +173,24 @@ pub mod cached {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// Packets and bytes seen from this source since it was first tracked.
-    pub total_packets: u64,
-    pub total_bytes: u64,
+    /// Packets and bytes seen from this source before the current window; the total is these plus the window's.
+    /// (Folding the window in at roll-over keeps the per-packet path to one atomic add.)
+    pub packets_before_window: u64,
+    pub bytes_before_window: u64,
     /// Start of the current rate window, `CLOCK_MONOTONIC` ns.
     pub window_start_ns: u64,
-    /// Packets and bytes in the current window.
+    /// Packets and bytes in the current window. `window_packets` is added atomically, since the rate limit
+    /// depends on it.
     pub window_packets: u64,
     pub window_bytes: u64,
     /// Packets and bytes in the previous (complete) window.
     pub prev_window_packets: u64,
     pub prev_window_bytes: u64,
-    /// First and last packet, `CLOCK_MONOTONIC` ns.
+    /// First and last packet, `CLOCK_MONOTONIC` ns (coarse: scheduler-tick resolution).
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
-    /// Packets dropped from this source, all reasons.
+    /// Packets dropped from this source, all reasons. Like the window's byte count, a plain add: exact for a
+    /// source whose packets one CPU handles, approximate under a multi-queue flood.
     pub dropped_packets: u64,
     /// Last drop event emitted for this source, `CLOCK_MONOTONIC` ns (drop-event sampling).
     pub last_event_ns: u64,
@@ -194,6 +198,11 @@ pub struct SourceState {
     pub policy_epoch: u64,
     /// Expiry of the cached ban, when `cached & BAN`.
     pub ban_expires_ns: u64,
+    /// Ban drops not yet added to [`Ban::hits`]. The kernel folds them into the ban at most once per rate
+    /// window, so a banned flood costs no bans-map lookup per packet; readers add the two.
+    pub ban_hits_pending: u64,
+    /// When pending hits were last folded into the ban, `CLOCK_MONOTONIC` ns.
+    pub ban_hits_flushed_ns: u64,
     /// [`cached`] bits.
     pub cached: u32,
     /// Explicit padding, always zero.
@@ -342,7 +351,7 @@ pub struct DropEvent {
 const _: () = {
     assert!(core::mem::size_of::<Ban>() == 32);
     assert!(core::mem::size_of::<BanNote>() == 128);
-    assert!(core::mem::size_of::<SourceState>() == 112);
+    assert!(core::mem::size_of::<SourceState>() == 128);
     assert!(core::mem::size_of::<XdpConfig>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);

@@ -91,8 +91,8 @@ pub struct BanArgs {
     /// IPv4 or IPv6 address.
     pub addr: String,
     /// How long, e.g. `90s`, `10m`, `1h`.
-    #[arg(long, value_parser = parse_duration)]
-    pub ttl: Duration,
+    #[arg(long)]
+    pub ttl: String,
     /// Why, in words (kept with the ban, cut at 120 bytes).
     #[arg(long, default_value = "")]
     pub reason: String,
@@ -289,12 +289,14 @@ fn status(pins: &PinDir, json: bool) -> Result<(), Error> {
 }
 
 pub fn run_ban(pins: &PinDirArg, args: &BanArgs) -> Result<(), Error> {
+    // Parsed here rather than by clap so that a bad value gets the same one-line error as everything else.
     let ip = parse_addr(&args.addr)?;
+    let ttl = parse_duration(&args.ttl)?;
     let mut maps = KernelMaps::open(&PinDir::new(&pins.pin_dir))?;
-    let ban = maps.ban(ip, args.ttl, BanReason::Manual, &args.reason)?;
+    let ban = maps.ban(ip, ttl, BanReason::Manual, &args.reason)?;
     println!(
         "banned {ip} for {} (strike {})",
-        humantime::format_duration(args.ttl),
+        humantime::format_duration(ttl),
         ban.strikes
     );
     Ok(())

@@ -34,13 +34,6 @@ impl ListKind {
             Self::Blocklist => map_names::BLOCKLIST,
         }
     }
-
-    const fn capacity(self) -> u32 {
-        match self {
-            Self::Allowlist => capacity::ALLOWLIST,
-            Self::Blocklist => capacity::BLOCKLIST,
-        }
-    }
 }
 
 /// A ban as read back from the maps, with times made relative to now.
@@ -95,6 +88,9 @@ fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
 
 /// Handles on every pinned map, opened from a [`PinDir`].
 pub struct KernelMaps {
+    /// `max_entries` of the allowlist and blocklist as created, for "map full" errors.
+    allowlist_capacity: u32,
+    blocklist_capacity: u32,
     bans: HashMap<MapData, Addr, Ban>,
     notes: HashMap<MapData, Addr, BanNote>,
     allowlist: LpmTrie<MapData, Addr, u32>,
@@ -114,7 +110,14 @@ impl KernelMaps {
             }
             Err(e) => return Err(Error::io(format!("reading {}", pins.maps_dir().display()), e)),
         }
+        let capacity = |name: &'static str| {
+            aya::maps::MapInfo::from_pin(pins.map(name))
+                .map(|info| info.max_entries())
+                .map_err(|e| map_error(format!("inspecting {name}"), name, 0, e))
+        };
         Ok(Self {
+            allowlist_capacity: capacity(map_names::ALLOWLIST)?,
+            blocklist_capacity: capacity(map_names::BLOCKLIST)?,
             bans: open_typed(pins, map_names::BANS)?,
             notes: open_typed(pins, map_names::BAN_NOTES)?,
             allowlist: open_typed(pins, map_names::ALLOWLIST)?,
@@ -176,15 +179,17 @@ impl KernelMaps {
     /// Adds a CIDR to a list. Adding one already there only updates its origin.
     pub fn list_add(&mut self, list: ListKind, cidr: Cidr, origin: u32) -> Result<(), Error> {
         let (len, data) = cidr.key();
+        let capacity = self.capacity(list);
         self.trie_mut(list)
             .insert(&Key::new(len, data), origin, 0)
-            .map_err(|e| map_error(format!("adding {cidr}"), list.map_name(), list.capacity(), e))?;
+            .map_err(|e| map_error(format!("adding {cidr}"), list.map_name(), capacity, e))?;
         self.bump_epoch()
     }
 
     /// Removes a CIDR from a list. Returns whether it was there.
     pub fn list_remove(&mut self, list: ListKind, cidr: Cidr) -> Result<bool, Error> {
         let (len, data) = cidr.key();
+        let capacity = self.capacity(list);
         let existed = match self.trie_mut(list).remove(&Key::new(len, data)) {
             Ok(()) => true,
             Err(e) if is_not_found(&e) => false,
@@ -192,7 +197,7 @@ impl KernelMaps {
                 return Err(map_error(
                     format!("removing {cidr}"),
                     list.map_name(),
-                    list.capacity(),
+                    capacity,
                     e,
                 ));
             }
@@ -223,13 +228,7 @@ impl KernelMaps {
         for item in &self.bans {
             let (key, ban) =
                 item.map_err(|e| map_error("reading bans", map_names::BANS, capacity::BANS, e))?;
-            let note = self
-                .notes
-                .get(&key, 0)
-                .ok()
-                .map(|n| note_text(&n))
-                .unwrap_or_default();
-            out.push(ban_record(key, &ban, note, now));
+            out.push(self.ban_record(key, &ban, now));
         }
         out.sort_by(|a, b| b.remaining.cmp(&a.remaining).then(a.addr.cmp(&b.addr)));
         Ok(out)
@@ -239,15 +238,7 @@ impl KernelMaps {
     pub fn ban_of(&self, ip: IpAddr) -> Result<Option<BanRecord>, Error> {
         let key = to_key(ip);
         match self.bans.get(&key, 0) {
-            Ok(ban) => {
-                let note = self
-                    .notes
-                    .get(&key, 0)
-                    .ok()
-                    .map(|n| note_text(&n))
-                    .unwrap_or_default();
-                Ok(Some(ban_record(key, &ban, note, monotonic_ns())))
-            }
+            Ok(ban) => Ok(Some(self.ban_record(key, &ban, monotonic_ns()))),
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(map_error(
                 format!("reading the ban of {ip}"),
@@ -287,7 +278,7 @@ impl KernelMaps {
         let mut out = Vec::new();
         for item in trie {
             let (key, origin) =
-                item.map_err(|e| map_error("reading the list", list.map_name(), list.capacity(), e))?;
+                item.map_err(|e| map_error("reading the list", list.map_name(), self.capacity(list), e))?;
             if let Some(cidr) = Cidr::from_key(key.prefix_len(), key.data()) {
                 out.push(ListEntry {
                     cidr,
@@ -374,6 +365,27 @@ impl KernelMaps {
         self.update_config(|_| {}).map(drop)
     }
 
+    /// A ban with its note, and with the hits the kernel has not folded into it yet.
+    fn ban_record(&self, key: Addr, ban: &Ban, now: u64) -> BanRecord {
+        let note = self
+            .notes
+            .get(&key, 0)
+            .ok()
+            .map(|n| note_text(&n))
+            .unwrap_or_default();
+        let pending = self.rates.get(&key, 0).map_or(0, |s| s.ban_hits_pending);
+        let mut record = ban_record(key, ban, note, now);
+        record.hits += pending;
+        record
+    }
+
+    fn capacity(&self, list: ListKind) -> u32 {
+        match list {
+            ListKind::Allowlist => self.allowlist_capacity,
+            ListKind::Blocklist => self.blocklist_capacity,
+        }
+    }
+
     fn trie_mut(&mut self, list: ListKind) -> &mut LpmTrie<MapData, Addr, u32> {
         match list {
             ListKind::Allowlist => &mut self.allowlist,
@@ -419,8 +431,8 @@ fn rate_record(key: Addr, s: &SourceState, now: u64, window_ns: u64) -> RateReco
     let span_secs = span as f64 / 1e9;
     RateRecord {
         addr: from_key(key),
-        total_packets: s.total_packets,
-        total_bytes: s.total_bytes,
+        total_packets: s.packets_before_window + s.window_packets,
+        total_bytes: s.bytes_before_window + s.window_bytes,
         dropped_packets: s.dropped_packets,
         packets_per_sec: packets as f64 / span_secs,
         bytes_per_sec: bytes as f64 / span_secs,
