@@ -31,6 +31,8 @@ enum Task {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the demo: namespaces with a client and an attacker, the XDP program, a ban, and what the maps show.
+    Demo,
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -55,6 +57,16 @@ fn main() -> Result<()> {
             cargo(&root, &["build", "--release", "-p", "proxy-user"])
         }
         Task::Test { args } => test(&root, &args),
+        Task::Demo => {
+            setup::install()?;
+            build_ebpf(&root)?;
+            cargo(&root, &["build", "-p", "proxy-user"])?;
+            let bin = root.join("target/debug/rasp-proxy");
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .env("RASP_PROXY_BIN", &bin)
+                .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
+        }
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;
             build_ebpf(&root)?;

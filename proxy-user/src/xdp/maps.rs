@@ -420,13 +420,17 @@ fn ban_record(key: Addr, ban: &Ban, note: String, now: u64) -> BanRecord {
     reason = "rates are displayed, not computed with"
 )]
 fn rate_record(key: Addr, s: &SourceState, now: u64, window_ns: u64) -> RateRecord {
-    // The last complete window gives the rate; if the source went quiet, the current window is older than one
-    // window and its rate is what it sent since, spread over the time elapsed.
+    // A window's worth of traffic: the busier of the last complete window and the current one (a burst shows at
+    // once); once the source goes quiet, what it sent since the window began, spread over the time elapsed.
     let since_window = now.saturating_sub(s.window_start_ns);
-    let (packets, bytes, span) = if since_window < window_ns && s.prev_window_packets > 0 {
-        (s.prev_window_packets, s.prev_window_bytes, window_ns)
+    let (packets, bytes, span) = if since_window < window_ns {
+        if s.window_packets > s.prev_window_packets {
+            (s.window_packets, s.window_bytes, window_ns)
+        } else {
+            (s.prev_window_packets, s.prev_window_bytes, window_ns)
+        }
     } else {
-        (s.window_packets, s.window_bytes, since_window.max(window_ns))
+        (s.window_packets, s.window_bytes, since_window)
     };
     let span_secs = span as f64 / 1e9;
     RateRecord {
@@ -522,6 +526,13 @@ mod tests {
             prev_window_bytes: prev_window_packets * 100,
             ..SourceState::default()
         }
+    }
+
+    #[test]
+    fn a_burst_in_the_current_window_shows_at_once() {
+        let s = state(10_000_000_000, 500, 7);
+        let r = rate_record([0; 16], &s, 10_100_000_000, 1_000_000_000);
+        assert!((r.packets_per_sec - 500.0).abs() < 1e-9);
     }
 
     #[test]
