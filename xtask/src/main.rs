@@ -110,19 +110,73 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
         root,
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
+    let mut tally = Tally::default();
     // Unit and non-privileged integration tests of the default members.
-    cargo(root, &["test"])?;
+    tally.run(Command::new("cargo").current_dir(root).arg("test"))?;
     if !is_root() {
         bail!("the privileged tests need root (CAP_BPF, CAP_NET_ADMIN, network namespaces)");
     }
     cargo(root, &["build", "-p", "proxy-user"])?;
     let bin = root.join("target/debug/rasp-proxy");
-    let mut args: Vec<&str> = vec!["test", "-p", "rasp-tests", "--", "--test-threads=1"];
+    let mut args: Vec<&str> = vec!["test", "-p", "rasp-tests", "--tests", "--", "--test-threads=1"];
     args.extend(extra.iter().map(String::as_str));
-    run(Command::new("cargo")
-        .current_dir(root)
-        .env("RASP_PROXY_BIN", &bin)
-        .args(&args))
+    tally.run(
+        Command::new("cargo")
+            .current_dir(root)
+            .env("RASP_PROXY_BIN", &bin)
+            .args(&args),
+    )?;
+    // One closing line over every test binary, so the total is read rather than the last binary's count.
+    println!("xtask test: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        bail!("{} tests failed", tally.failed);
+    }
+    Ok(())
+}
+
+/// Adds up libtest's `test result:` lines while passing the output through.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines() {
+                let line = line.context("reading test output")?;
+                println!("{line}");
+                if let Some(rest) = line.strip_prefix("test result: ") {
+                    self.passed += count_before(rest, " passed");
+                    self.failed += count_before(rest, " failed");
+                }
+            }
+        }
+        let status = child.wait().context("waiting for cargo test")?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+/// In `ok. 17 passed; 0 failed; ...`, the number before `word`.
+fn count_before(text: &str, word: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
