@@ -6,6 +6,7 @@ pub mod cli;
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod risk;
 pub mod xdp;
 
 pub use error::Error;
