@@ -181,14 +181,7 @@ impl JwtVerifier {
             ),
         })?;
 
-        let mut validation = Validation::new(alg);
-        validation.algorithms = vec![alg];
-        validation.leeway = self.leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&issuer.name]);
-        validation.set_audience(&issuer.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        let validation = issuer.validation(alg, self.leeway_secs);
 
         // Past this point the signature has been checked whenever the error is a claim error, so the subject
         // is known, not merely claimed.
@@ -200,21 +193,7 @@ impl JwtVerifier {
             })
         };
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &validation).map_err(|e| {
-            let (kind, signed) = match e.kind() {
-                ErrorKind::InvalidSignature => (AuthFailure::BadSignature, false),
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat | ErrorKind::MissingAlgorithm => {
-                    (AuthFailure::AlgorithmNotAllowed, false)
-                }
-                ErrorKind::ExpiredSignature => (AuthFailure::Expired, true),
-                ErrorKind::ImmatureSignature => (AuthFailure::NotYetValid, true),
-                ErrorKind::InvalidAudience => (AuthFailure::WrongAudience, true),
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => (AuthFailure::WrongAudience, true),
-                ErrorKind::InvalidIssuer => (AuthFailure::UnknownIssuer, true),
-                ErrorKind::MissingRequiredClaim(_)
-                | ErrorKind::InvalidClaimFormat(_)
-                | ErrorKind::Json(_) => (AuthFailure::Malformed, true),
-                _ => (AuthFailure::Malformed, false),
-            };
+            let (kind, signed) = classify(e.kind());
             Rejected {
                 kind,
                 identity: if signed { signed_identity() } else { None },
@@ -244,6 +223,26 @@ impl JwtVerifier {
             },
             scopes,
         })
+    }
+}
+
+/// Maps a `jsonwebtoken` error to a failure kind, and says whether the signature had been checked by then
+/// (`decode` checks it before any claim).
+fn classify(error: &ErrorKind) -> (AuthFailure, bool) {
+    match error {
+        ErrorKind::InvalidSignature => (AuthFailure::BadSignature, false),
+        ErrorKind::InvalidAlgorithm | ErrorKind::InvalidKeyFormat | ErrorKind::MissingAlgorithm => {
+            (AuthFailure::AlgorithmNotAllowed, false)
+        }
+        ErrorKind::ExpiredSignature => (AuthFailure::Expired, true),
+        ErrorKind::ImmatureSignature => (AuthFailure::NotYetValid, true),
+        ErrorKind::InvalidAudience => (AuthFailure::WrongAudience, true),
+        ErrorKind::MissingRequiredClaim(c) if c == "aud" => (AuthFailure::WrongAudience, true),
+        ErrorKind::InvalidIssuer => (AuthFailure::UnknownIssuer, true),
+        ErrorKind::MissingRequiredClaim(_) | ErrorKind::InvalidClaimFormat(_) | ErrorKind::Json(_) => {
+            (AuthFailure::Malformed, true)
+        }
+        _ => (AuthFailure::Malformed, false),
     }
 }
 
@@ -313,6 +312,20 @@ impl Issuer {
             audiences: cfg.audiences.clone(),
             keys,
         })
+    }
+
+    /// What `jsonwebtoken` checks for a token of `alg` from this issuer: exactly that algorithm, the issuer, an
+    /// audience, and `exp`/`nbf` with leeway; `exp` and `sub` must be present.
+    fn validation(&self, alg: Algorithm, leeway_secs: u64) -> Validation {
+        let mut validation = Validation::new(alg);
+        validation.algorithms = vec![alg];
+        validation.leeway = leeway_secs;
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[&self.name]);
+        validation.set_audience(&self.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation
     }
 
     /// The key set to pick from; for a remote JWKS lacking the token's `kid`, after a (rate-limited) refresh.
