@@ -33,7 +33,11 @@ pub struct JwtConfig {
 
 impl Default for JwtConfig {
     fn default() -> Self {
-        Self { issuer: Vec::new(), leeway: default_leeway(), subject_header: default_subject_header() }
+        Self {
+            issuer: Vec::new(),
+            leeway: default_leeway(),
+            subject_header: default_subject_header(),
+        }
     }
 }
 
