@@ -375,7 +375,8 @@ impl Config {
         }
         let mut seen = HashSet::new();
         for (i, l) in self.listeners.iter().enumerate() {
-            if !seen.insert(l.listen) {
+            // Port 0 (any free port, for tests) may repeat.
+            if l.listen.port() != 0 && !seen.insert(l.listen) {
                 return bad(
                     format!("listener[{i}].listen"),
                     format!("{} is listed twice", l.listen),
