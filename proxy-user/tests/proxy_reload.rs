@@ -1,8 +1,6 @@
 //! The admin listener and live reload: metrics, health, a good reload that keeps open connections, and bad
 //! reloads that leave the old config serving.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
-
 mod proxy_support;
 
 use bytes::Bytes;
@@ -18,6 +16,7 @@ fn config(upstream: &Upstream) -> String {
     )
 }
 
+#[expect(clippy::unwrap_used, reason = "test helper: a failure here is a failed test")]
 async fn reload(p: &TestProxy) -> (http::StatusCode, serde_json::Value) {
     let (s, _, body) = send(
         Request::post(p.admin_url("/admin/reload"))
@@ -51,8 +50,8 @@ async fn health_ready_and_metrics() {
 
 #[tokio::test]
 async fn reload_switches_routes_without_dropping_open_connections() {
-    let (a, b) = (Upstream::start("a").await, Upstream::start("b").await);
-    let p = TestProxy::start(&config(&a)).await;
+    let (first, second) = (Upstream::start("a").await, Upstream::start("b").await);
+    let p = TestProxy::start(&config(&first)).await;
     // A keep-alive connection opened before the reload.
     let tcp = tokio::net::TcpStream::connect(p.http).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
@@ -72,7 +71,7 @@ async fn reload_switches_routes_without_dropping_open_connections() {
     };
     assert_eq!(ask(&mut sender).await, "a");
 
-    std::fs::write(p.config_path(), with_listeners(&config(&b))).unwrap();
+    std::fs::write(p.config_path(), with_listeners(&config(&second))).unwrap();
     let (s, j) = reload(&p).await;
     assert_eq!(s, 200, "{j}");
     assert_eq!(j["generation"], 2);

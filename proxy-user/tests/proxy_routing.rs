@@ -1,8 +1,6 @@
 //! Through the proxy to real upstreams: routing, round-robin, ejection, headers, streaming, WebSocket, and
 //! the error answers (502, 504, 413).
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
-
 mod proxy_support;
 
 use std::time::Duration;
@@ -15,7 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 #[tokio::test]
 async fn routes_by_host_longest_prefix_and_method() {
-    let (a, b, c) = (
+    let (up_a, up_b, up_c) = (
         Upstream::start("a").await,
         Upstream::start("b").await,
         Upstream::start("c").await,
@@ -45,7 +43,7 @@ host = "admin.example.test"
 path_prefix = "/"
 upstream = "c"
 "#,
-        a.addr, b.addr, c.addr
+        up_a.addr, up_b.addr, up_c.addr
     ))
     .await;
     let upstream_of = |body: &[u8]| json(body)["upstream"].as_str().unwrap().to_owned();

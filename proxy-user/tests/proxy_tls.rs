@@ -1,8 +1,6 @@
 //! TLS listeners: HTTP/2 by ALPN (a Rust client and `curl --http2`), HTTP/1.1, SNI certificate choice, and
 //! h2c with prior knowledge on a plain listener.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, reason = "tests")]
-
 mod proxy_support;
 
 use bytes::Bytes;
@@ -12,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use proxy_support::{Pki, TestProxy, Upstream, json, tls_connect};
 use rustls::pki_types::{CertificateDer, pem::PemObject as _};
 
+#[expect(clippy::unwrap_used, reason = "test helper: a failure here is a failed test")]
 async fn tls_proxy(pki: &Pki, upstream: &Upstream) -> TestProxy {
     let dir = tempfile::tempdir().unwrap();
     pki.leaf(dir.path(), "default", &["localhost"]);

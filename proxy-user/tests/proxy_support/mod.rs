@@ -231,8 +231,8 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> String {
 /// A test PKI: one CA and leaf certificates signed by it.
 pub struct Pki {
     pub ca_pem: String,
-    ca_params: rcgen::CertificateParams,
-    ca_key: rcgen::KeyPair,
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
 }
 
 impl Pki {
@@ -246,8 +246,8 @@ impl Pki {
         let cert = params.self_signed(&key).unwrap();
         Self {
             ca_pem: cert.pem(),
-            ca_params: params,
-            ca_key: key,
+            params,
+            key,
         }
     }
 
@@ -259,7 +259,7 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, names[0]);
         let key = rcgen::KeyPair::generate().unwrap();
-        let issuer = rcgen::Issuer::from_params(&self.ca_params, &self.ca_key);
+        let issuer = rcgen::Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).unwrap();
         let (c, k) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
         std::fs::write(&c, cert.pem()).unwrap();
