@@ -18,7 +18,9 @@ pub const V4_MAPPED_PREFIX_BITS: u32 = 96;
 /// Maps an IPv4 address (network byte order octets) into the shared 16-byte form.
 #[must_use]
 pub const fn v4_mapped(octets: [u8; 4]) -> Addr {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3]]
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
 }
 
 /// Names of the maps in the eBPF object; also their file names in the pin directory.
@@ -32,7 +34,16 @@ pub mod map_names {
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
     /// Every pinned map, for listing and purging a pin directory.
-    pub const ALL: [&str; 8] = [ALLOWLIST, BLOCKLIST, BANS, RATES, CONFIG, STATS, DROP_EVENTS, EVENT_BUDGET];
+    pub const ALL: [&str; 8] = [
+        ALLOWLIST,
+        BLOCKLIST,
+        BANS,
+        RATES,
+        CONFIG,
+        STATS,
+        DROP_EVENTS,
+        EVENT_BUDGET,
+    ];
 }
 
 /// Default capacities. Userspace may override them when it first creates the pinned maps.

@@ -3,7 +3,13 @@
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
 #![cfg_attr(target_arch = "bpf", feature(core_intrinsics))]
-#![cfg_attr(target_arch = "bpf", expect(internal_features, reason = "atomic_xadd: core::sync::atomic lacks RMW ops on BPF"))]
+#![cfg_attr(
+    target_arch = "bpf",
+    expect(
+        internal_features,
+        reason = "atomic_xadd: core::sync::atomic lacks RMW ops on BPF"
+    )
+)]
 
 #[cfg(target_arch = "bpf")]
 mod program;

@@ -41,7 +41,9 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 pub fn parse_addr(input: &str) -> Result<IpAddr, Error> {
     IpAddr::from_str(input.trim())
         .map(canonical)
-        .map_err(|_| Error::InvalidAddress { input: input.to_owned() })
+        .map_err(|_| Error::InvalidAddress {
+            input: input.to_owned(),
+        })
 }
 
 /// A CIDR block, normalised (host bits cleared), as stored in the allowlist and blocklist.
@@ -53,7 +55,10 @@ impl Cidr {
     #[must_use]
     pub fn key(self) -> (u32, Addr) {
         match self.0 {
-            IpNet::V4(n) => (V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()), v4_mapped(n.network().octets())),
+            IpNet::V4(n) => (
+                V4_MAPPED_PREFIX_BITS + u32::from(n.prefix_len()),
+                v4_mapped(n.network().octets()),
+            ),
             IpNet::V6(n) => (u32::from(n.prefix_len()), n.network().octets()),
         }
     }
@@ -62,9 +67,11 @@ impl Cidr {
     #[must_use]
     pub fn from_key(prefix_len: u32, key: Addr) -> Option<Self> {
         let net = match from_key(key) {
-            IpAddr::V4(v4) if prefix_len >= V4_MAPPED_PREFIX_BITS => {
-                IpNet::new(IpAddr::V4(v4), u8::try_from(prefix_len - V4_MAPPED_PREFIX_BITS).ok()?).ok()?
-            }
+            IpAddr::V4(v4) if prefix_len >= V4_MAPPED_PREFIX_BITS => IpNet::new(
+                IpAddr::V4(v4),
+                u8::try_from(prefix_len - V4_MAPPED_PREFIX_BITS).ok()?,
+            )
+            .ok()?,
             ip => IpNet::new(IpAddr::V6(to_v6(ip)), u8::try_from(prefix_len).ok()?).ok()?,
         };
         Some(Self(net.trunc()))
@@ -94,7 +101,9 @@ impl FromStr for Cidr {
     /// Accepts `ADDR/PREFIX`, or a bare address as a single-host block (`/32` or `/128`).
     fn from_str(input: &str) -> Result<Self, Error> {
         let s = input.trim();
-        let invalid = || Error::InvalidCidr { input: input.to_owned() };
+        let invalid = || Error::InvalidCidr {
+            input: input.to_owned(),
+        };
         let net = if s.contains('/') {
             IpNet::from_str(s).map_err(|_| invalid())?
         } else {
@@ -151,7 +160,10 @@ mod tests {
 
     #[test]
     fn mapped_addresses_fold_to_v4() {
-        assert_eq!(parse_addr("::ffff:192.0.2.1").unwrap(), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            parse_addr("::ffff:192.0.2.1").unwrap(),
+            "192.0.2.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]
@@ -169,13 +181,27 @@ mod tests {
     #[test]
     fn bare_address_is_a_host_block() {
         assert_eq!("192.0.2.1".parse::<Cidr>().unwrap().key().0, 128);
-        assert_eq!("::ffff:192.0.2.0/120".parse::<Cidr>().unwrap().to_string(), "192.0.2.0/24");
+        assert_eq!(
+            "::ffff:192.0.2.0/120".parse::<Cidr>().unwrap().to_string(),
+            "192.0.2.0/24"
+        );
     }
 
     #[test]
     fn malformed_input_is_rejected() {
-        for bad in ["", "300.1.1.1", "192.0.2.0/33", "2001:db8::/129", "abc/8", "1.2.3.4/", "/24"] {
-            assert!(matches!(bad.parse::<Cidr>(), Err(Error::InvalidCidr { .. })), "{bad}");
+        for bad in [
+            "",
+            "300.1.1.1",
+            "192.0.2.0/33",
+            "2001:db8::/129",
+            "abc/8",
+            "1.2.3.4/",
+            "/24",
+        ] {
+            assert!(
+                matches!(bad.parse::<Cidr>(), Err(Error::InvalidCidr { .. })),
+                "{bad}"
+            );
         }
         assert!(matches!(parse_addr("1.2.3"), Err(Error::InvalidAddress { .. })));
     }

@@ -42,7 +42,11 @@ pub enum Error {
          `rasp-proxy xdp detach --all --purge` to recreate the maps",
         dir.display()
     )]
-    IncompatiblePin { map: &'static str, dir: PathBuf, detail: String },
+    IncompatiblePin {
+        map: &'static str,
+        dir: PathBuf,
+        detail: String,
+    },
 
     #[error("{action}: {source}")]
     Bpf {
@@ -57,6 +61,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+
+    /// A config file (or the text of one) that does not parse or does not hold together; the message names
+    /// the key.
+    #[error("config: {0}")]
+    Config(String),
+
+    #[error("TLS: {0}")]
+    Tls(String),
 
     #[error("{0}")]
     Other(String),

@@ -129,15 +129,28 @@ impl Evidence {
         } else {
             truncate_chars(excerpt, Self::MAX_EXCERPT)
         };
-        Self { rule_id: rule_id.into(), location, excerpt }
+        Self {
+            rule_id: rule_id.into(),
+            location,
+            excerpt,
+        }
     }
 }
 
 /// Locations whose values are secrets and never appear in logs.
 #[must_use]
 pub fn is_secret_location(location: &str) -> bool {
-    const SECRET_WORDS: [&str; 9] =
-        ["authorization", "cookie", "password", "passwd", "secret", "token", "api_key", "apikey", "x-api-key"];
+    const SECRET_WORDS: [&str; 9] = [
+        "authorization",
+        "cookie",
+        "password",
+        "passwd",
+        "secret",
+        "token",
+        "api_key",
+        "apikey",
+        "x-api-key",
+    ];
     let lower = location.to_ascii_lowercase();
     SECRET_WORDS.iter().any(|w| lower.contains(w))
 }
@@ -174,9 +187,18 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted_and_excerpts_bounded() {
-        assert_eq!(Evidence::new("auth.bad_signature", "header:authorization", "Bearer eyJ").excerpt, "[redacted]");
-        assert_eq!(Evidence::new("sqli", "cookie:session", "x' or 1=1").excerpt, "[redacted]");
-        assert_eq!(Evidence::new("sqli", "json:$.password", "x").excerpt, "[redacted]");
+        assert_eq!(
+            Evidence::new("auth.bad_signature", "header:authorization", "Bearer eyJ").excerpt,
+            "[redacted]"
+        );
+        assert_eq!(
+            Evidence::new("sqli", "cookie:session", "x' or 1=1").excerpt,
+            "[redacted]"
+        );
+        assert_eq!(
+            Evidence::new("sqli", "json:$.password", "x").excerpt,
+            "[redacted]"
+        );
         let long = "a".repeat(500);
         let e = Evidence::new("xss", "query:q", &long);
         assert_eq!(e.excerpt.chars().count(), Evidence::MAX_EXCERPT + 1);
