@@ -362,7 +362,10 @@ impl Config {
             fix(p);
         }
         for i in &mut self.jwt.issuer {
-            for p in [&mut i.public_key_file, &mut i.jwks_file].into_iter().flatten() {
+            for p in [&mut i.public_key_file, &mut i.jwks_file, &mut i.jwks_ca_file]
+                .into_iter()
+                .flatten()
+            {
                 fix(p);
             }
         }

@@ -65,10 +65,25 @@ secret_env = "JWT_SECRET"
 "#;
     let path = dir.path().join("rasp-proxy.toml");
     std::fs::write(&path, quickstart).unwrap();
+    // `check` loads the HMAC secret too: without it, the issuer could verify nothing.
     let out = Command::new(BIN)
         .arg("check")
         .arg("--config")
         .arg(&path)
+        .env_remove("JWT_SECRET")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("jwt.issuer[0].secret_env") && err.contains("JWT_SECRET"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env("JWT_SECRET", "0123456789abcdef0123456789abcdef")
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -94,6 +109,7 @@ secret_env = "JWT_SECRET"
         .arg("check")
         .arg("--config")
         .arg(&path)
+        .env("JWT_SECRET", "0123456789abcdef0123456789abcdef")
         .output()
         .unwrap();
     assert!(!out.status.success());

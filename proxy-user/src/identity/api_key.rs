@@ -39,12 +39,14 @@ impl ApiKeys {
         for (i, key) in cfg.iter().enumerate() {
             let at = format!("api_key[{i}]");
             if key.identity.is_empty() || http::HeaderValue::from_str(&key.identity).is_err() {
-                return Err(Error::Other(format!(
+                return Err(Error::Config(format!(
                     "{at}.identity: must be non-empty printable ASCII (it is forwarded in a header)"
                 )));
             }
             if let Some(j) = entries.iter().position(|e| e.digest == key.sha256.0) {
-                return Err(Error::Other(format!("{at}.sha256: the same key as api_key[{j}]")));
+                return Err(Error::Config(format!(
+                    "{at}.sha256: the same key as api_key[{j}]"
+                )));
             }
             entries.push(Entry {
                 digest: key.sha256.0,

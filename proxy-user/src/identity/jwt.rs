@@ -113,7 +113,7 @@ impl JwtVerifier {
             let at = format!("jwt.issuer[{i}]");
             let built = Issuer::from_config(issuer, &at)?;
             if issuers.insert(built.name.clone(), built).is_some() {
-                return Err(Error::Other(format!(
+                return Err(Error::Config(format!(
                     "{at}.issuer: {:?} is configured twice",
                     issuer.issuer
                 )));
@@ -257,15 +257,15 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, what: &str) -> Result<T
 impl Issuer {
     fn from_config(cfg: &JwtIssuerConfig, at: &str) -> Result<Self, Error> {
         if cfg.issuer.is_empty() {
-            return Err(Error::Other(format!("{at}.issuer: must not be empty")));
+            return Err(Error::Config(format!("{at}.issuer: must not be empty")));
         }
         if cfg.audiences.is_empty() || cfg.audiences.iter().any(String::is_empty) {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}.audiences: list at least one non-empty audience"
             )));
         }
         if cfg.algorithms.is_empty() {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}.algorithms: list at least one algorithm"
             )));
         }
@@ -276,20 +276,20 @@ impl Issuer {
             cfg.jwks_url.is_some(),
         ];
         if sources.iter().filter(|s| **s).count() != 1 {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}: set exactly one of secret_env, public_key_file, jwks_file, jwks_url"
             )));
         }
         let hmac = cfg.algorithms.iter().filter(|a| keys::is_hmac(**a)).count();
         match (cfg.secret_env.is_some(), hmac) {
             (true, n) if n != cfg.algorithms.len() => {
-                return Err(Error::Other(format!(
+                return Err(Error::Config(format!(
                     "{at}.algorithms: secret_env verifies HS256/HS384/HS512 only; an HMAC secret is never used for \
                      public-key algorithms"
                 )));
             }
             (false, n) if n > 0 => {
-                return Err(Error::Other(format!(
+                return Err(Error::Config(format!(
                     "{at}.algorithms: HS algorithms need secret_env; a public key is never used as an HMAC secret"
                 )));
             }
@@ -304,7 +304,7 @@ impl Issuer {
         } else if let Some(url) = &cfg.jwks_url {
             IssuerKeys::Remote(Arc::new(RemoteJwks::new(url, cfg, at)?))
         } else {
-            return Err(Error::Other(format!("{at}: no key source")));
+            return Err(Error::Config(format!("{at}: no key source")));
         };
         Ok(Self {
             name: cfg.issuer.clone(),

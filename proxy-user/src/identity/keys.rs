@@ -132,7 +132,7 @@ impl KeySet {
 /// so a short secret is refused for every HS algorithm it would be too short for.
 pub(crate) fn hmac_from_env(var: &str, algorithms: &[Algorithm], at: &str) -> Result<KeySet, Error> {
     let secret = std::env::var_os(var)
-        .ok_or_else(|| Error::Other(format!("{at}.secret_env: environment variable {var} is not set")))?;
+        .ok_or_else(|| Error::Config(format!("{at}.secret_env: environment variable {var} is not set")))?;
     let secret = secret.as_encoded_bytes();
     for alg in algorithms {
         let min = match alg {
@@ -141,7 +141,7 @@ pub(crate) fn hmac_from_env(var: &str, algorithms: &[Algorithm], at: &str) -> Re
             _ => 32,
         };
         if secret.len() < min {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}.secret_env: the secret in {var} is {} bytes; {alg:?} needs at least {min}",
                 secret.len()
             )));
@@ -160,20 +160,24 @@ pub(crate) fn hmac_from_env(var: &str, algorithms: &[Algorithm], at: &str) -> Re
 pub(crate) fn from_pem_file(path: &Path, algorithms: &[Algorithm], at: &str) -> Result<KeySet, Error> {
     let pem = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading {at}.public_key_file {}", path.display()), e))?;
-    let kind = single_asymmetric_kind(algorithms)
-        .ok_or_else(|| Error::Other(format!("{at}.algorithms: a public_key_file verifies one key type only; list algorithms of one family (RS*/PS*, ES256, ES384 or EdDSA)")))?;
+    let kind = single_asymmetric_kind(algorithms).ok_or_else(|| {
+        Error::Config(format!(
+            "{at}.algorithms: a public_key_file verifies one key type only; list algorithms of one family \
+                 (RS*/PS*, ES256, ES384 or EdDSA)"
+        ))
+    })?;
     let key = match kind {
         KeyKind::Rsa => DecodingKey::from_rsa_pem(&pem),
         KeyKind::EcP256 | KeyKind::EcP384 => DecodingKey::from_ec_pem(&pem),
         KeyKind::Ed25519 => DecodingKey::from_ed_pem(&pem),
         KeyKind::Hmac => {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}: HS algorithms take secret_env, not public_key_file"
             )));
         }
     }
     .map_err(|e| {
-        Error::Other(format!(
+        Error::Config(format!(
             "{at}.public_key_file {}: not a {kind:?} public key in PEM form ({e})",
             path.display()
         ))
@@ -278,7 +282,7 @@ fn jwk_to_key(value: serde_json::Value) -> Result<VerifyKey, String> {
 pub(crate) fn from_jwks_file(path: &Path, at: &str) -> Result<KeySet, Error> {
     let doc = std::fs::read(path)
         .map_err(|e| Error::io(format!("reading {at}.jwks_file {}", path.display()), e))?;
-    parse_jwks(&doc, &format!("{at}.jwks_file {}", path.display())).map_err(Error::Other)
+    parse_jwks(&doc, &format!("{at}.jwks_file {}", path.display())).map_err(Error::Config)
 }
 
 #[cfg(test)]

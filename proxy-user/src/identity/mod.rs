@@ -187,7 +187,7 @@ impl Authenticator {
     /// [`Self::spawn_jwks_refresh`] and [`Self::refresh_jwks_now`].
     pub fn from_config(jwt: &JwtConfig, api_keys: &[ApiKeyConfig]) -> Result<Self, Error> {
         let subject_header = HeaderName::from_bytes(jwt.subject_header.as_bytes()).map_err(|_| {
-            Error::Other(format!(
+            Error::Config(format!(
                 "jwt.subject_header: {:?} is not a header name",
                 jwt.subject_header
             ))
@@ -196,7 +196,7 @@ impl Authenticator {
             || subject_header == API_KEY_HEADER
             || subject_header == http::header::HOST
         {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "jwt.subject_header: {subject_header} is reserved"
             )));
         }

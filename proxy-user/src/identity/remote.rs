@@ -68,7 +68,7 @@ impl std::fmt::Display for RefreshError {
 impl RemoteJwks {
     /// Checks the URL and builds the client; fetches nothing (that needs the runtime, see [`Self::refresh`]).
     pub(crate) fn new(url: &str, cfg: &JwtIssuerConfig, at: &str) -> Result<Self, Error> {
-        let bad = |why: &str| Error::Other(format!("{at}.jwks_url {url:?}: {why}"));
+        let bad = |why: &str| Error::Config(format!("{at}.jwks_url {url:?}: {why}"));
         let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
         let host = uri.host().ok_or_else(|| bad("no host"))?;
         match uri.scheme_str() {
@@ -83,7 +83,7 @@ impl RemoteJwks {
             _ => return Err(bad("scheme must be https (or http to a loopback host)")),
         }
         if cfg.jwks_min_refresh.is_zero() || cfg.jwks_refresh < cfg.jwks_min_refresh {
-            return Err(Error::Other(format!(
+            return Err(Error::Config(format!(
                 "{at}: jwks_min_refresh must be above zero and no longer than jwks_refresh"
             )));
         }
@@ -221,13 +221,13 @@ fn is_loopback_host(host: &str) -> bool {
 fn roots_from_file(path: &Path, at: &str) -> Result<RootCertStore, Error> {
     let what = format!("{at}.jwks_ca_file {}", path.display());
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| Error::Other(format!("{what}: {e}")))?
+        .map_err(|e| Error::Config(format!("{what}: {e}")))?
         .collect::<Result<_, _>>()
-        .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+        .map_err(|e| Error::Config(format!("{what}: {e}")))?;
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(certs);
     if added == 0 {
-        return Err(Error::Other(format!("{what}: no usable CA certificate")));
+        return Err(Error::Config(format!("{what}: no usable CA certificate")));
     }
     Ok(roots)
 }
@@ -237,7 +237,7 @@ fn native_roots(at: &str) -> Result<RootCertStore, Error> {
     let mut roots = RootCertStore::empty();
     let (added, _ignored) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        return Err(Error::Other(format!(
+        return Err(Error::Config(format!(
             "{at}.jwks_url: no system CA certificates found (install ca-certificates, or set jwks_ca_file)"
         )));
     }

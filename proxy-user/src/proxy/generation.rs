@@ -16,6 +16,7 @@ use super::{body::ProxyBody, router::Router, tls, upstream::Upstream};
 use crate::{
     Error,
     config::{Config, Limits, Timeouts},
+    identity::{Authenticator, JwksRefreshTasks},
 };
 
 pub struct Generation {
@@ -28,8 +29,10 @@ pub struct Generation {
     pub server: auto::Builder<TokioExecutor>,
     pub subject_header: HeaderName,
     pub request_id_header: HeaderName,
-    // TODO(identity seam): `pub authenticator: crate::identity::Authenticator`, built here with
-    // `Authenticator::from_config(&config.jwt, &config.api_key)?` so a bad key file refuses the whole reload.
+    /// Built here so a bad key file or issuer refuses the whole reload, like any other config error.
+    pub authenticator: Arc<Authenticator>,
+    /// This generation's JWKS refresh tasks: they end when the generation is dropped, after its last request.
+    _jwks_refresh: Option<JwksRefreshTasks>,
 }
 
 impl Generation {
@@ -53,6 +56,12 @@ impl Generation {
             .collect::<Result<_, _>>()?;
         let subject_header = header_name("jwt.subject_header", &config.jwt.subject_header)?;
         let request_id_header = header_name("log.request_id_header", config.log.request_id_header())?;
+        let authenticator = Arc::new(Authenticator::from_config(&config.jwt, &config.api_key)?);
+        check_api_key_routes(&config)?;
+        // `rasp-proxy check` builds a generation outside any runtime: it validates keys and fetches nothing.
+        let jwks_refresh = tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| authenticator.spawn_jwks_refresh());
         Ok(Self {
             number,
             router,
@@ -61,6 +70,8 @@ impl Generation {
             server: server_builder(&config.limits, &config.timeouts),
             subject_header,
             request_id_header,
+            authenticator,
+            _jwks_refresh: jwks_refresh,
             config: Arc::new(config),
         })
     }
@@ -74,6 +85,21 @@ impl Generation {
     pub fn timeouts(&self) -> &Timeouts {
         &self.config.timeouts
     }
+}
+
+/// An API key limited to a route that does not exist is a typo that would lock its holder out: refuse it.
+fn check_api_key_routes(config: &Config) -> Result<(), Error> {
+    for (i, key) in config.api_key.iter().enumerate() {
+        for (j, name) in key.routes.iter().enumerate() {
+            if !config.routes.iter().any(|r| r.label() == name) {
+                return Err(Error::Config(format!(
+                    "api_key[{i}].routes[{j}]: no [[route]] is named {name:?} (a route's name, or its \
+                     path_prefix when it has none)"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn header_name(key: &str, value: &str) -> Result<HeaderName, Error> {

@@ -2,7 +2,7 @@
 //!
 //! 1. [`request_filter`]: limits, and removal of headers a client must never set (the subject header).
 //! 2. [`route`]: host, longest path prefix, method.
-//! 3. [`auth`]: the route's [`AuthMode`]; identity checks live in `crate::identity`.
+//! 3. [`auth`]: the route's [`AuthMode`], checked by the generation's `crate::identity::Authenticator`.
 //! 4. [`inspect`]: the payload inspector over the head and a bounded body prefix.
 //! 5. [`upstream_peer`]: round-robin over the route's healthy endpoints.
 //! 6. [`upstream_request`]: header rewriting and the exchange, with timeouts and passive ejection.
@@ -39,7 +39,7 @@ use super::{
 };
 use crate::{
     event::Identity,
-    identity::config::AuthMode,
+    identity::{RouteAuth, config::AuthMode, failure_name},
     logging::ACCESS,
     metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
 };
@@ -152,7 +152,7 @@ async fn run_phases(
     request_filter(ctx, &mut req)?;
     let generation = ctx.generation.clone();
     let route = route(ctx, &generation, &req)?;
-    auth(proxy, ctx, route, req.headers_mut())?;
+    auth(proxy, ctx, route, req.headers_mut()).await?;
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
@@ -214,27 +214,60 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     Some(authority.host().to_ascii_lowercase())
 }
 
-/// Phase 3.
-fn auth(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route, _headers: &mut HeaderMap) -> Result<(), Reject> {
+/// Phase 3: the route's credential check. A verified caller's subject goes upstream in the subject header
+/// (any client-sent one was removed in phase 1); a refusal becomes a security event and a 401/403 whose body
+/// says only the class of problem.
+async fn auth(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    headers: &mut HeaderMap,
+) -> Result<(), Reject> {
     if route.auth == AuthMode::None {
         return Ok(());
     }
-    // TODO(identity seam): replace this refusal with
-    //   ctx.generation.authenticator.authenticate(headers, &RouteAuth { mode: route.auth, route: &route.label,
-    //       scopes: &route.scopes }).await
-    // On Ok(Some(identity)): insert `ctx.generation.subject_header` = identity.subject into `headers`, set
-    // `ctx.identity`. On Err(rejection): count `auth_failures{kind}`, emit `crate::logging::security_event` built
-    // from the rejection (source ctx.source, route, request id), answer `rejection.status`. Until the identity
-    // module lands, a route that needs credentials refuses everyone.
-    ctx.verdict = "deny_auth";
-    proxy
-        .metrics
-        .auth_failures
-        .get_or_create(&AuthFailureLabels {
-            kind: "not_configured".into(),
-        })
-        .inc();
-    Err(Reject::Unauthorized)
+    let generation = ctx.generation.clone();
+    let check = RouteAuth {
+        mode: route.auth,
+        route: &route.label,
+        scopes: &route.scopes,
+    };
+    match generation.authenticator.authenticate(headers, &check).await {
+        Ok(None) => Ok(()),
+        Ok(Some(identity)) => {
+            // The identity module only verifies subjects that fit in a header; refuse rather than forward
+            // without one should that ever change.
+            let value = HeaderValue::from_bytes(identity.subject.as_bytes()).map_err(|_| {
+                tracing::error!(request_id = %ctx.id, "verified subject is not a valid header value");
+                ctx.verdict = "error";
+                Reject::Unauthorized
+            })?;
+            headers.insert(generation.subject_header.clone(), value);
+            ctx.identity = Some(identity);
+            Ok(())
+        }
+        Err(rejection) => {
+            ctx.verdict = "deny_auth";
+            proxy
+                .metrics
+                .auth_failures
+                .get_or_create(&AuthFailureLabels {
+                    kind: failure_name(rejection.event_kind).into(),
+                })
+                .inc();
+            crate::logging::security_event(&rejection.to_event(
+                ctx.source,
+                ctx.route.clone(),
+                Some(ctx.id.clone()),
+            ));
+            ctx.identity = rejection.identity;
+            Err(if rejection.status == StatusCode::FORBIDDEN {
+                Reject::Forbidden
+            } else {
+                Reject::Unauthorized
+            })
+        }
+    }
 }
 
 /// The client's body, bounded by `max_body_bytes` (a chunked body that grows past it fails the upstream
