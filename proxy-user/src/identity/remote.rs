@@ -82,6 +82,9 @@ impl RemoteJwks {
             }
             _ => return Err(bad("scheme must be https (or http to a loopback host)")),
         }
+        if cfg.jwks_timeout.is_zero() {
+            return Err(Error::Config(format!("{at}.jwks_timeout: must be above zero")));
+        }
         if cfg.jwks_min_refresh.is_zero() || cfg.jwks_refresh < cfg.jwks_min_refresh {
             return Err(Error::Config(format!(
                 "{at}: jwks_min_refresh must be above zero and no longer than jwks_refresh"

@@ -14,7 +14,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicUsize, Ordering},
@@ -176,34 +176,53 @@ fn make_tls_certificates(d: &Path) {
     );
 }
 
+/// The Python tool, started once per test binary and fed one request per line: starting Python (and
+/// importing `cryptography`) costs more than everything the tests do with it.
+struct Tool {
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+    _child: Child,
+}
+
+fn tool() -> &'static Mutex<Tool> {
+    static TOOL: OnceLock<Mutex<Tool>> = OnceLock::new();
+    TOOL.get_or_init(|| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/jwt_tool.py");
+        let mut child = Command::new("python3")
+            .arg(&script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            // Its errors (a missing PyJWT, a bad request) show in the test output.
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 is needed for the identity tests, with PyJWT: pip install pyjwt cryptography");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Mutex::new(Tool {
+            stdin,
+            stdout,
+            _child: child,
+        })
+    })
+}
+
 /// Runs the Python tool on a batch of requests.
 pub fn py(requests: &[Value]) -> Vec<Value> {
-    let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/jwt_tool.py");
-    let mut child = Command::new("python3")
-        .arg(&tool)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 is needed for the identity tests (with PyJWT: pip install pyjwt cryptography)");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for r in requests {
-            writeln!(stdin, "{r}").unwrap();
-        }
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "jwt_tool.py failed (is PyJWT installed? pip install pyjwt cryptography): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let answers: Vec<Value> = BufReader::new(&out.stdout[..])
-        .lines()
-        .map(|l| serde_json::from_str(&l.unwrap()).unwrap())
-        .collect();
-    assert_eq!(answers.len(), requests.len());
-    answers
+    // A test that panicked while holding the lock leaves the tool in a consistent state between lines.
+    let mut tool = tool().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    requests
+        .iter()
+        .map(|request| {
+            let mut line = String::new();
+            let sent = writeln!(tool.stdin, "{request}").and_then(|()| tool.stdin.flush());
+            let answered = sent.and_then(|()| tool.stdout.read_line(&mut line));
+            assert!(
+                matches!(answered, Ok(n) if n > 0),
+                "jwt_tool.py stopped (see its error above; is PyJWT installed? pip install pyjwt cryptography)"
+            );
+            serde_json::from_str(&line).unwrap()
+        })
+        .collect()
 }
 
 pub fn now() -> i64 {
