@@ -30,6 +30,9 @@ struct Row {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time (user + system) the proxy spent per request: unlike req/s, it does not depend on how busy the
+    /// rest of the machine is.
+    cpu_us_per_req: Option<f64>,
 }
 
 pub fn run(workspace_root: &Path) -> Result<()> {
@@ -77,24 +80,27 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         "(a) upstream direct",
         &format!("http://{upstream_addr}/"),
         &[],
+        &[],
     )?);
 
     let listen = free_addr()?;
     let config = rasp_config(dir, "plain", listen, upstream_addr, "none")?;
     {
-        let _proxy = Guard(spawn_rasp(bin, &config)?);
+        let proxy = Guard(spawn_rasp(bin, &config)?);
         wait_listening(listen)?;
+        let url = format!("http://{listen}/");
         rows.push(measure(
             "(b) rasp-proxy, auth+inspect off",
-            &format!("http://{listen}/"),
+            &url,
             &[],
+            &[proxy.0.id()],
         )?);
     }
 
     let listen = free_addr()?;
     let config = rasp_config(dir, "jwt", listen, upstream_addr, "jwt")?;
     {
-        let _proxy = Guard(spawn_rasp(bin, &config)?);
+        let proxy = Guard(spawn_rasp(bin, &config)?);
         wait_listening(listen)?;
         let url = format!("http://{listen}/");
         match make_jwt() {
@@ -103,7 +109,12 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
                 let header = format!("Authorization: Bearer {token}");
                 let code = curl_status(&url, &header)?;
                 if code == "200" {
-                    rows.push(measure("(c) rasp-proxy, JWT HS256 on", &url, &[&header])?);
+                    rows.push(measure(
+                        "(c) rasp-proxy, JWT HS256 on",
+                        &url,
+                        &[&header],
+                        &[proxy.0.id()],
+                    )?);
                 } else {
                     println!(
                         "note: (c) skipped: a valid JWT got HTTP {code}; JWT verification is not wired into the \
@@ -115,16 +126,18 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     }
 
     let listen = free_addr()?;
-    let _nginx = Guard(spawn_nginx(
+    let nginx = Guard(spawn_nginx(
         dir,
         "proxy",
         &proxy_nginx_conf(dir, listen, upstream_addr),
     )?);
     wait_listening(listen)?;
+    let workers = children_of(nginx.0.id());
     rows.push(measure(
         "(d) nginx reverse proxy",
         &format!("http://{listen}/"),
         &[],
+        &workers,
     )?);
     Ok(rows)
 }
@@ -307,10 +320,52 @@ fn wrk(url: &str, headers: &[&str], duration: Duration) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn measure(name: &'static str, url: &str, headers: &[&str]) -> Result<Row> {
+/// Processes whose parent is `parent` (nginx's workers).
+fn children_of(parent: u32) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            proc_stat(*pid).is_some_and(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent))
+        })
+        .collect()
+}
+
+/// Fields of `/proc/PID/stat` after the command name: index 0 is the state, 1 the parent, 11 utime, 12 stime.
+fn proc_stat(pid: u32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 1..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// User plus system clock ticks of all threads of `pids`.
+fn cpu_ticks(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|&p| proc_stat(p))
+        .map(|f| {
+            f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+                + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        })
+        .sum()
+}
+
+fn clock_ticks_per_second() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+        .unwrap_or(100.0)
+}
+
+fn measure(name: &'static str, url: &str, headers: &[&str], pids: &[u32]) -> Result<Row> {
     println!("{name}: {url}");
     wrk(url, headers, WARMUP)?;
+    let ticks_before = cpu_ticks(pids);
     let out = wrk(url, headers, DURATION)?;
+    let ticks = cpu_ticks(pids).saturating_sub(ticks_before);
     if let Some(line) = out
         .lines()
         .find(|l| l.contains("Non-2xx") || l.contains("Socket errors"))
@@ -329,11 +384,15 @@ fn measure(name: &'static str, url: &str, headers: &[&str]) -> Result<Row> {
             .and_then(|v| parse_latency_ms(v.trim()))
             .with_context(|| format!("no {p} latency in wrk output:\n{out}"))
     };
+    #[expect(clippy::cast_precision_loss, reason = "tick counts are far below 2^52")]
+    let cpu_us_per_req = (!pids.is_empty() && rps > 0.0)
+        .then(|| ticks as f64 / clock_ticks_per_second() * 1e6 / (rps * DURATION.as_secs_f64()));
     Ok(Row {
         name,
         rps,
         p50_ms: percentile("50%")?,
         p99_ms: percentile("99%")?,
+        cpu_us_per_req,
     })
 }
 
@@ -354,21 +413,29 @@ fn parse_latency_ms(v: &str) -> Option<f64> {
 fn print_table(rows: &[Row]) {
     let nginx = rows.iter().find(|r| r.name.starts_with("(d)"));
     println!();
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "wrk -t{THREADS} -c{CONNECTIONS} -d{}s, loopback, {} CPUs",
+        "wrk -t{THREADS} -c{CONNECTIONS} -d{}s, loopback, {} CPUs, load average {}",
         DURATION.as_secs(),
-        num_cpus()
+        num_cpus(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
-        "| {:<34} | {:>10} | {:>9} | {:>9} | {:>9} |",
-        "target", "req/s", "p50 ms", "p99 ms", "vs nginx"
+        "| {:<34} | {:>10} | {:>9} | {:>9} | {:>9} | {:>18} |",
+        "target", "req/s", "p50 ms", "p99 ms", "vs nginx", "proxy CPU us/req"
     );
-    println!("|{:-<36}|{:-<12}|{:-<11}|{:-<11}|{:-<11}|", "", "", "", "", "");
+    println!(
+        "|{:-<36}|{:-<12}|{:-<11}|{:-<11}|{:-<11}|{:-<20}|",
+        "", "", "", "", "", ""
+    );
     for r in rows {
         let ratio = nginx.map_or_else(|| "-".to_owned(), |n| format!("{:.2}x", r.rps / n.rps));
+        let cpu = r
+            .cpu_us_per_req
+            .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "| {:<34} | {:>10.0} | {:>9.3} | {:>9.3} | {:>9} |",
-            r.name, r.rps, r.p50_ms, r.p99_ms, ratio
+            "| {:<34} | {:>10.0} | {:>9.3} | {:>9.3} | {:>9} | {:>18} |",
+            r.name, r.rps, r.p50_ms, r.p99_ms, ratio, cpu
         );
     }
     if let Some(n) = nginx {

@@ -36,6 +36,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     generation::Generation,
     router::{Route, RouteMatch},
+    upstream::Endpoint,
 };
 use crate::{
     event::Identity,
@@ -312,11 +313,11 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Phase 5.
-fn upstream_peer(ctx: &mut RequestCtx, route: &Route) -> Result<(usize, SocketAddr), Reject> {
+fn upstream_peer<'r>(ctx: &mut RequestCtx, route: &'r Route) -> Result<(usize, &'r Endpoint), Reject> {
     ctx.upstream = Some(route.upstream.name.clone());
-    let (idx, addr) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
-    ctx.endpoint = Some(addr);
-    Ok((idx, addr))
+    let (idx, endpoint) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
+    ctx.endpoint = Some(endpoint.addr);
+    Ok((idx, endpoint))
 }
 
 /// Phase 6.
@@ -327,7 +328,7 @@ async fn upstream_request(
     mut parts: http::request::Parts,
     body: ProxyBody,
     endpoint_idx: usize,
-    endpoint: SocketAddr,
+    endpoint: &Endpoint,
 ) -> Result<Response<Incoming>, Reject> {
     let upgrade = is_upgrade(&parts.headers)
         .then(|| parts.headers.get(UPGRADE).cloned())
@@ -336,7 +337,7 @@ async fn upstream_request(
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(endpoint.to_string())
+        .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reject::BadRequest)?;
@@ -367,7 +368,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint, kind, ejected,
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, kind, ejected,
                 error = %error_chain(&e), "upstream exchange failed; answering 502"
             );
             Err(Reject::BadGateway)
@@ -380,7 +381,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint, ejected,
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, ejected,
                 timeout = %humantime::format_duration(timeout), "upstream response timed out; answering 504"
             );
             Err(Reject::GatewayTimeout)

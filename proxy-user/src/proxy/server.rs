@@ -147,19 +147,24 @@ async fn drive<I>(
     let idle = generation.timeouts().idle;
     let mut ticker = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     let mut draining = false;
+    // Made once: re-creating these futures on every wake-up of the connection costs a lock each.
+    let closed = guard.closed.cancelled();
+    let shutdown = proxy.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
     loop {
         tokio::select! {
+            biased;
             res = connection.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = guard.closed.cancelled() => {
+            () = &mut closed => {
                 tracing::debug!(peer = %conn.peer, "connection closed by the registry");
                 return;
             }
-            () = proxy.shutdown.cancelled(), if !draining => {
+            () = &mut shutdown, if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
