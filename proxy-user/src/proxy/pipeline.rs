@@ -34,6 +34,7 @@ use hyper_util::rt::TokioIo;
 use super::{
     Proxy,
     body::{self, BoxError, Counted, Finishing, ProxyBody},
+    connections::ConnectionGuard,
     generation::Generation,
     router::{Route, RouteMatch},
     upstream::Endpoint,
@@ -45,11 +46,14 @@ use crate::{
     metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
 };
 
-/// What the proxy knows about the client connection a request came on.
+/// What the proxy knows about the client connection a request came on. It also holds the connection's place in
+/// the registry, so a WebSocket tunnel (which outlives hyper's connection) stays registered, counted and
+/// closable by `close_source` until the tunnel ends.
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    pub registration: ConnectionGuard,
 }
 
 /// Per-request state the phases share and the log phase reports.
@@ -133,7 +137,7 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
         verdict: "allow",
         bytes_in: Arc::new(AtomicU64::new(0)),
     };
-    let resp = match run_phases(&proxy, &mut ctx, req).await {
+    let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
             if ctx.verdict == "allow" {
@@ -147,6 +151,7 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
 
 async fn run_phases(
     proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Reject> {
@@ -160,7 +165,7 @@ async fn run_phases(
     let body = inspect(ctx, &parts, body).await?;
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
-    Ok(response(ctx, upstream_resp, client_upgrade))
+    Ok(response(ctx, conn, upstream_resp, client_upgrade))
 }
 
 /// Phase 1: limits that need no route, and headers no client may set.
@@ -480,6 +485,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Phase 7.
 fn response(
     ctx: &RequestCtx,
+    conn: &Arc<ConnInfo>,
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -487,13 +493,21 @@ fn response(
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             let request_id = ctx.id.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
                 match tokio::try_join!(client, upstream) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+                        tokio::select! {
+                            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+                                }
+                            }
+                            () = conn.registration.closed.cancelled() => {
+                                tracing::debug!(%request_id, "upgraded connection closed by the registry");
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(%request_id, error = %e, "upgrade did not complete"),
