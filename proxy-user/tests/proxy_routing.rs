@@ -311,4 +311,30 @@ async fn websocket_upgrade_passes_through() {
             .unwrap();
         assert_eq!(back, msg);
     }
+    // The tunnel stays in the connection registry: banning the source cuts it.
+    assert_eq!(p.running().proxy.close_source("127.0.0.1".parse().unwrap()), 1);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok_and(|r| r.is_ok()), "the tunnel was closed");
+}
+
+#[tokio::test]
+async fn with_inspection_on_a_bounded_prefix_is_buffered_and_the_body_still_arrives_intact() {
+    let a = Upstream::start("a").await;
+    let p = TestProxy::start(&format!(
+        "[limits]\ninspect_body_bytes = 1024\n[inspection]\nmode = \"detect\"\n[[upstream]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[route]]\npath_prefix = \"/\"\nupstream = \"a\"\n",
+        a.addr
+    ))
+    .await;
+    for size in [0, 10, 1024, 1025, 5 * 1024 * 1024] {
+        let body = pattern(size);
+        let (s, _, echoed) = send(
+            Request::post(p.url("/echo-body"))
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert!(echoed[..] == body[..], "size {size}: body changed in transit");
+    }
 }
