@@ -28,13 +28,12 @@ const MAX_SUBJECT_BYTES: usize = 512;
 
 pub(crate) struct JwtVerifier {
     issuers: HashMap<String, Issuer>,
-    leeway_secs: u64,
 }
 
 struct Issuer {
     name: String,
-    algorithms: Vec<Algorithm>,
-    audiences: Vec<String>,
+    /// The allow-list: one ready `Validation` per allowed algorithm, built once rather than per token.
+    allowed: Vec<(Algorithm, Validation)>,
     keys: IssuerKeys,
 }
 
@@ -111,7 +110,7 @@ impl JwtVerifier {
         let mut issuers = HashMap::new();
         for (i, issuer) in cfg.issuer.iter().enumerate() {
             let at = format!("jwt.issuer[{i}]");
-            let built = Issuer::from_config(issuer, &at)?;
+            let built = Issuer::from_config(issuer, cfg.leeway.as_secs(), &at)?;
             if issuers.insert(built.name.clone(), built).is_some() {
                 return Err(Error::Config(format!(
                     "{at}.issuer: {:?} is configured twice",
@@ -119,10 +118,7 @@ impl JwtVerifier {
                 )));
             }
         }
-        Ok(Self {
-            issuers,
-            leeway_secs: cfg.leeway.as_secs(),
-        })
+        Ok(Self { issuers })
     }
 
     pub(crate) fn remotes(&self) -> impl Iterator<Item = &Arc<RemoteJwks>> {
@@ -163,12 +159,12 @@ impl JwtVerifier {
                 format!("issuer {iss:?} is not configured"),
             ));
         };
-        if !issuer.algorithms.contains(&alg) {
+        let Some((_, validation)) = issuer.allowed.iter().find(|(allowed, _)| *allowed == alg) else {
             return Err(reject(
                 AuthFailure::AlgorithmNotAllowed,
                 format!("alg {alg:?} not allowed for {iss:?}"),
             ));
-        }
+        };
         let keys = issuer.keys_for(header.kid.as_deref()).await;
         let key = keys.select(header.kid.as_deref(), alg).map_err(|e| match e {
             SelectError::UnknownKid => reject(
@@ -181,8 +177,6 @@ impl JwtVerifier {
             ),
         })?;
 
-        let validation = issuer.validation(alg, self.leeway_secs);
-
         // Past this point the signature has been checked whenever the error is a claim error, so the subject
         // is known, not merely claimed.
         let signed_identity = || {
@@ -192,7 +186,7 @@ impl JwtVerifier {
                 issuer: Some(issuer.name.clone()),
             })
         };
-        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, &validation).map_err(|e| {
+        let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, validation).map_err(|e| {
             let (kind, signed) = classify(e.kind());
             Rejected {
                 kind,
@@ -246,6 +240,20 @@ fn classify(error: &ErrorKind) -> (AuthFailure, bool) {
     }
 }
 
+/// What `jsonwebtoken` checks for a token of `alg` from `issuer`: exactly that algorithm, the issuer, an
+/// audience, and `exp`/`nbf` with leeway; `exp` and `sub` must be present.
+fn validation(alg: Algorithm, issuer: &str, audiences: &[String], leeway_secs: u64) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.algorithms = vec![alg];
+    validation.leeway = leeway_secs;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(audiences);
+    validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+    validation
+}
+
 fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, what: &str) -> Result<T, Rejected> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
@@ -255,7 +263,7 @@ fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, what: &str) -> Result<T
 }
 
 impl Issuer {
-    fn from_config(cfg: &JwtIssuerConfig, at: &str) -> Result<Self, Error> {
+    fn from_config(cfg: &JwtIssuerConfig, leeway_secs: u64, at: &str) -> Result<Self, Error> {
         if cfg.issuer.is_empty() {
             return Err(Error::Config(format!("{at}.issuer: must not be empty")));
         }
@@ -306,26 +314,16 @@ impl Issuer {
         } else {
             return Err(Error::Config(format!("{at}: no key source")));
         };
+        let allowed = cfg
+            .algorithms
+            .iter()
+            .map(|alg| (*alg, validation(*alg, &cfg.issuer, &cfg.audiences, leeway_secs)))
+            .collect();
         Ok(Self {
             name: cfg.issuer.clone(),
-            algorithms: cfg.algorithms.clone(),
-            audiences: cfg.audiences.clone(),
+            allowed,
             keys,
         })
-    }
-
-    /// What `jsonwebtoken` checks for a token of `alg` from this issuer: exactly that algorithm, the issuer, an
-    /// audience, and `exp`/`nbf` with leeway; `exp` and `sub` must be present.
-    fn validation(&self, alg: Algorithm, leeway_secs: u64) -> Validation {
-        let mut validation = Validation::new(alg);
-        validation.algorithms = vec![alg];
-        validation.leeway = leeway_secs;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_issuer(&[&self.name]);
-        validation.set_audience(&self.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation
     }
 
     /// The key set to pick from; for a remote JWKS lacking the token's `kid`, after a (rate-limited) refresh.
