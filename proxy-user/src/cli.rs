@@ -38,6 +38,10 @@ pub struct PinDirArg {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the proxy daemon: reloads on SIGHUP, drains and exits on SIGTERM or ctrl-c.
+    Run(ConfigArg),
+    /// Check a config file and exit: nothing is bound or started.
+    Check(ConfigArg),
     /// Attach, detach and inspect the XDP data plane.
     #[command(subcommand)]
     Xdp(XdpCommand),
@@ -56,18 +60,49 @@ pub enum Command {
     Maps(MapsCommand),
 }
 
+#[derive(Debug, Clone, clap::Args)]
+pub struct ConfigArg {
+    /// The TOML config file.
+    #[arg(long, short = 'c', env = "RASP_CONFIG")]
+    pub config: PathBuf,
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    init_cli_logging();
     let pins = &cli.pins;
     match cli.command {
-        Command::Xdp(cmd) => commands::run_xdp(pins, cmd),
-        Command::Ban(args) => commands::run_ban(pins, &args),
-        Command::Unban { addr } => commands::run_unban(pins, &addr),
-        Command::Blocklist(cmd) => commands::run_list(pins, ListKind::Blocklist, &cmd),
-        Command::Allowlist(cmd) => commands::run_list(pins, ListKind::Allowlist, &cmd),
-        Command::Maps(cmd) => commands::run_maps(pins, &cmd),
+        // The daemon sets up its own JSON logging.
+        Command::Run(args) => run_daemon(&args.config),
+        Command::Check(args) => {
+            let config = crate::config::Config::load(&args.config)?;
+            // Building a generation also loads the certificates, so a bad PEM is caught here too.
+            crate::proxy::generation::Generation::build(config, 0)?;
+            println!("{}: ok", args.config.display());
+            Ok(())
+        }
+        command => {
+            init_cli_logging();
+            match command {
+                Command::Xdp(cmd) => commands::run_xdp(pins, cmd),
+                Command::Ban(args) => commands::run_ban(pins, &args),
+                Command::Unban { addr } => commands::run_unban(pins, &addr),
+                Command::Blocklist(cmd) => commands::run_list(pins, ListKind::Blocklist, &cmd),
+                Command::Allowlist(cmd) => commands::run_list(pins, ListKind::Allowlist, &cmd),
+                Command::Maps(cmd) => commands::run_maps(pins, &cmd),
+                Command::Run(_) | Command::Check(_) => Ok(()),
+            }
+        }
     }
+}
+
+fn run_daemon(config_path: &std::path::Path) -> Result<(), Error> {
+    let config = crate::config::Config::load(config_path)?;
+    let _log_guard = crate::logging::init(config.log.security_file.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::io("starting the async runtime", e))?;
+    runtime.block_on(crate::proxy::run(config_path))
 }
 
 /// Human-readable logs on stderr for one-shot commands (`RUST_LOG` overrides the `info` default).

@@ -62,6 +62,14 @@ pub enum Error {
         source: io::Error,
     },
 
+    /// A config file (or the text of one) that does not parse or does not hold together; the message names
+    /// the key.
+    #[error("config: {0}")]
+    Config(String),
+
+    #[error("TLS: {0}")]
+    Tls(String),
+
     #[error("{0}")]
     Other(String),
 }

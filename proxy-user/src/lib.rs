@@ -2,10 +2,15 @@
 //! bird's-eye view; each module's docs say what it owns.
 
 pub mod addr;
+pub mod admin;
 pub mod cli;
+pub mod config;
 pub mod error;
 pub mod event;
 pub mod identity;
+pub mod logging;
+pub mod metrics;
+pub mod proxy;
 pub mod risk;
 pub mod xdp;
 

@@ -1,5 +1,6 @@
 //! `cargo xtask`: what plain cargo cannot do — set-up, the eBPF build, privileged tests, benches, the demo.
 
+mod bench_proxy;
 mod setup;
 
 use std::{
@@ -44,6 +45,8 @@ enum Task {
 enum Bench {
     /// ns per packet of the XDP program (`BPF_PROG_TEST_RUN`) for each path, beside xdp-filter.
     Xdp,
+    /// rasp-proxy against the upstream alone and nginx, with wrk on loopback.
+    Proxy,
 }
 
 fn main() -> Result<()> {
@@ -66,6 +69,10 @@ fn main() -> Result<()> {
                 .current_dir(&root)
                 .env("RASP_PROXY_BIN", &bin)
                 .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
+        }
+        Task::Bench { which: Bench::Proxy } => {
+            setup::install()?;
+            bench_proxy::run(&root)
         }
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;

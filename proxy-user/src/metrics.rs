@@ -1,0 +1,115 @@
+//! Prometheus metrics for the proxy, served as text on the admin listener's `/metrics`.
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamErrorLabels {
+    pub upstream: String,
+    /// `connect`, `timeout`, `protocol`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthFailureLabels {
+    pub kind: String,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<RequestLabels, Histogram>,
+    pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub auth_failures: Family<AuthFailureLabels, Counter>,
+    pub open_connections: Gauge,
+    pub rejected_connections: Counter,
+    pub reloads_failed: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    #[must_use]
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("rasp_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ])
+        });
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        let auth_failures = Family::<AuthFailureLabels, Counter>::default();
+        let open_connections = Gauge::default();
+        let rejected_connections = Counter::default();
+        let reloads_failed = Counter::default();
+        registry.register(
+            "requests",
+            "Requests answered, by route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time to the response head, by route and status",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failed upstream exchanges, by upstream and kind",
+            upstream_errors.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Authentication failures, by kind",
+            auth_failures.clone(),
+        );
+        registry.register(
+            "open_connections",
+            "Client connections open now",
+            open_connections.clone(),
+        );
+        registry.register(
+            "rejected_connections",
+            "Client connections refused at accept (per-source limit or ban)",
+            rejected_connections.clone(),
+        );
+        registry.register(
+            "config_reloads_failed",
+            "Config reloads refused",
+            reloads_failed.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            auth_failures,
+            open_connections,
+            rejected_connections,
+            reloads_failed,
+        }
+    }
+
+    /// The text exposition format.
+    #[must_use]
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,138 @@
+//! A config generation: everything the request path reads, built from one [`Config`] and swapped in whole on
+//! reload. In-flight requests keep the generation they started with, so a reload never changes a request
+//! half-way, and the old generation (with its upstream connection pool) is freed when its last request ends.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use http::HeaderName;
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+    server::conn::auto,
+};
+use tokio_rustls::TlsAcceptor;
+
+use super::{body::ProxyBody, router::Router, tls, upstream::Upstream};
+use crate::{
+    Error,
+    config::{Config, Limits, Timeouts},
+    identity::{Authenticator, JwksRefreshTasks},
+};
+
+pub struct Generation {
+    pub number: u64,
+    pub config: Arc<Config>,
+    pub router: Router,
+    /// One per `[[listener]]`, in file order; `None` for plain listeners.
+    pub tls: Vec<Option<TlsAcceptor>>,
+    pub client: Client<HttpConnector, ProxyBody>,
+    pub server: auto::Builder<TokioExecutor>,
+    pub subject_header: HeaderName,
+    pub request_id_header: HeaderName,
+    /// Built here so a bad key file or issuer refuses the whole reload, like any other config error.
+    pub authenticator: Arc<Authenticator>,
+    /// This generation's JWKS refresh tasks: they end when the generation is dropped, after its last request.
+    _jwks_refresh: Option<JwksRefreshTasks>,
+}
+
+impl Generation {
+    pub fn build(config: Config, number: u64) -> Result<Self, Error> {
+        let upstreams: HashMap<&str, Arc<Upstream>> = config
+            .upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), Arc::new(Upstream::new(u))))
+            .collect();
+        let router = Router::new(&config.routes, |name| upstreams.get(name).cloned())
+            .ok_or_else(|| Error::Config("a route names an unknown upstream".into()))?;
+        let tls = config
+            .listeners
+            .iter()
+            .map(|l| {
+                l.tls
+                    .as_ref()
+                    .map(|t| tls::server_config(t).map(TlsAcceptor::from))
+                    .transpose()
+            })
+            .collect::<Result<_, _>>()?;
+        let subject_header = header_name("jwt.subject_header", &config.jwt.subject_header)?;
+        let request_id_header = header_name("log.request_id_header", config.log.request_id_header())?;
+        let authenticator = Arc::new(Authenticator::from_config(&config.jwt, &config.api_key)?);
+        check_api_key_routes(&config)?;
+        // `rasp-proxy check` builds a generation outside any runtime: it validates keys and fetches nothing.
+        let jwks_refresh = tokio::runtime::Handle::try_current()
+            .is_ok()
+            .then(|| authenticator.spawn_jwks_refresh());
+        Ok(Self {
+            number,
+            router,
+            tls,
+            client: upstream_client(&config.timeouts),
+            server: server_builder(&config.limits, &config.timeouts),
+            subject_header,
+            request_id_header,
+            authenticator,
+            _jwks_refresh: jwks_refresh,
+            config: Arc::new(config),
+        })
+    }
+
+    #[must_use]
+    pub fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+
+    #[must_use]
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.config.timeouts
+    }
+}
+
+/// An API key limited to a route that does not exist is a typo that would lock its holder out: refuse it.
+fn check_api_key_routes(config: &Config) -> Result<(), Error> {
+    for (i, key) in config.api_key.iter().enumerate() {
+        for (j, name) in key.routes.iter().enumerate() {
+            if !config.routes.iter().any(|r| r.label() == name) {
+                return Err(Error::Config(format!(
+                    "api_key[{i}].routes[{j}]: no [[route]] is named {name:?} (a route's name, or its \
+                     path_prefix when it has none)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn header_name(key: &str, value: &str) -> Result<HeaderName, Error> {
+    HeaderName::from_bytes(value.as_bytes())
+        .map_err(|_| Error::Config(format!("{key}: {value:?} is not a valid header name")))
+}
+
+fn upstream_client(timeouts: &Timeouts) -> Client<HttpConnector, ProxyBody> {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(timeouts.upstream_connect));
+    connector.set_nodelay(true);
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_mins(1))
+        .pool_max_idle_per_host(512)
+        .build(connector)
+}
+
+fn server_builder(limits: &Limits, timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(Some(256))
+        .keep_alive_interval(Some(timeouts.idle / 2))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}

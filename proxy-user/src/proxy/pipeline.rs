@@ -1,0 +1,646 @@
+//! The life of one request, as named phases over a per-request [`RequestCtx`] (after Pingora's phases):
+//!
+//! 1. [`request_filter`]: limits, and removal of headers a client must never set (the subject header).
+//! 2. [`route`]: host, longest path prefix, method.
+//! 3. [`auth`]: the route's [`AuthMode`], checked by the generation's `crate::identity::Authenticator`.
+//! 4. [`inspect`]: the payload inspector over the head and a bounded body prefix.
+//! 5. [`upstream_peer`]: round-robin over the route's healthy endpoints.
+//! 6. [`upstream_request`]: header rewriting and the exchange, with timeouts and passive ejection.
+//! 7. [`response`]: hop-by-hop removal, upgrade tunnelling, the request id.
+//! 8. [`log`]: one access line and the metrics, when the response body ends or is dropped.
+//!
+//! The connection filter (the phase before all of these) sits in `server.rs`, before TLS.
+
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Instant,
+};
+
+use bytes::Bytes;
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
+    uri::{Authority, Scheme},
+};
+use http_body::Body as _;
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use super::{
+    Proxy,
+    body::{self, BoxError, Counted, Finishing, ProxyBody},
+    connections::ConnectionGuard,
+    generation::Generation,
+    router::{Route, RouteMatch},
+    upstream::Endpoint,
+};
+use crate::{
+    event::Identity,
+    identity::{RouteAuth, config::AuthMode, failure_name},
+    logging::ACCESS,
+    metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
+};
+
+/// What the proxy knows about the client connection a request came on. It also holds the connection's place in
+/// the registry, so a WebSocket tunnel (which outlives hyper's connection) stays registered, counted and
+/// closable by `close_source` until the tunnel ends.
+#[derive(Debug)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub tls: bool,
+    pub registration: ConnectionGuard,
+}
+
+/// Per-request state the phases share and the log phase reports.
+pub struct RequestCtx {
+    pub id: String,
+    pub started: Instant,
+    pub source: IpAddr,
+    pub tls: bool,
+    pub method: Method,
+    pub path: String,
+    pub generation: Arc<Generation>,
+    pub route: Option<String>,
+    pub upstream: Option<String>,
+    pub endpoint: Option<SocketAddr>,
+    pub identity: Option<Identity>,
+    /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
+    pub verdict: &'static str,
+    pub bytes_in: Arc<AtomicU64>,
+}
+
+/// A refusal or failure the proxy answers itself. The body says only the class of problem and the request id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reject {
+    BadRequest,
+    NotFound,
+    MethodNotAllowed,
+    Unauthorized,
+    Forbidden,
+    PayloadTooLarge,
+    BadGateway,
+    ServiceUnavailable,
+    GatewayTimeout,
+}
+
+impl Reject {
+    #[must_use]
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::BadRequest => StatusCode::BAD_REQUEST,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BadGateway => StatusCode::BAD_GATEWAY,
+            Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::BadGateway => "bad_gateway",
+            Self::ServiceUnavailable => "service_unavailable",
+            Self::GatewayTimeout => "gateway_timeout",
+        }
+    }
+}
+
+/// Answers one request; never fails (every failure becomes a response).
+pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+    let generation = proxy.current.load_full();
+    let mut ctx = RequestCtx {
+        id: proxy.next_request_id(),
+        started: Instant::now(),
+        source: crate::addr::canonical(conn.peer.ip()),
+        tls: conn.tls,
+        method: req.method().clone(),
+        path: req.uri().path().to_owned(),
+        generation,
+        route: None,
+        upstream: None,
+        endpoint: None,
+        identity: None,
+        verdict: "allow",
+        bytes_in: Arc::new(AtomicU64::new(0)),
+    };
+    let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
+        Ok(resp) => resp,
+        Err(reject) => {
+            if ctx.verdict == "allow" {
+                ctx.verdict = "error";
+            }
+            error_response(reject, &ctx.id)
+        }
+    };
+    finish(&proxy, ctx, resp)
+}
+
+async fn run_phases(
+    proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
+    ctx: &mut RequestCtx,
+    mut req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Reject> {
+    request_filter(ctx, &mut req)?;
+    let generation = ctx.generation.clone();
+    let route = route(ctx, &generation, &req)?;
+    auth(proxy, ctx, route, req.headers_mut()).await?;
+    let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let body = request_body(ctx, incoming);
+    let body = inspect(ctx, &parts, body).await?;
+    let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
+    let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
+    Ok(response(ctx, conn, upstream_resp, client_upgrade))
+}
+
+/// Phase 1: limits that need no route, and headers no client may set.
+fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(), Reject> {
+    let limits = ctx.generation.limits();
+    let declared = req.body().size_hint().exact().or_else(|| {
+        req.headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    if declared.is_some_and(|n| n > limits.max_body_bytes) {
+        ctx.verdict = "limit";
+        return Err(Reject::PayloadTooLarge);
+    }
+    // A forged subject header would impersonate whoever the upstream trusts it to name.
+    let subject = ctx.generation.subject_header.clone();
+    req.headers_mut().remove(&subject);
+    Ok(())
+}
+
+/// Phase 2.
+fn route<'g>(
+    ctx: &mut RequestCtx,
+    generation: &'g Generation,
+    req: &Request<Incoming>,
+) -> Result<&'g Route, Reject> {
+    let host = request_host(req);
+    match generation
+        .router
+        .find(host.as_deref(), req.uri().path(), req.method())
+    {
+        RouteMatch::Found(r) => {
+            ctx.route = Some(r.label.clone());
+            Ok(r)
+        }
+        RouteMatch::MethodNotAllowed(r) => {
+            ctx.route = Some(r.label.clone());
+            Err(Reject::MethodNotAllowed)
+        }
+        RouteMatch::NotFound => Err(Reject::NotFound),
+    }
+}
+
+/// The request's host without port: the URI authority (HTTP/2, absolute-form) or the `Host` header.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(h) = req.uri().host() {
+        return Some(h.to_ascii_lowercase());
+    }
+    let raw = req.headers().get(HOST)?.to_str().ok()?;
+    let authority: Authority = raw.parse().ok()?;
+    Some(authority.host().to_ascii_lowercase())
+}
+
+/// Phase 3: the route's credential check. A verified caller's subject goes upstream in the subject header
+/// (any client-sent one was removed in phase 1); a refusal becomes a security event and a 401/403 whose body
+/// says only the class of problem.
+async fn auth(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    headers: &mut HeaderMap,
+) -> Result<(), Reject> {
+    if route.auth == AuthMode::None {
+        return Ok(());
+    }
+    let generation = ctx.generation.clone();
+    let check = RouteAuth {
+        mode: route.auth,
+        route: &route.label,
+        scopes: &route.scopes,
+    };
+    match generation.authenticator.authenticate(headers, &check).await {
+        Ok(None) => Ok(()),
+        Ok(Some(identity)) => {
+            // The identity module only verifies subjects that fit in a header; refuse rather than forward
+            // without one should that ever change.
+            let value = HeaderValue::from_bytes(identity.subject.as_bytes()).map_err(|_| {
+                tracing::error!(request_id = %ctx.id, "verified subject is not a valid header value");
+                ctx.verdict = "error";
+                Reject::Unauthorized
+            })?;
+            headers.insert(generation.subject_header.clone(), value);
+            ctx.identity = Some(identity);
+            Ok(())
+        }
+        Err(rejection) => {
+            ctx.verdict = "deny_auth";
+            proxy
+                .metrics
+                .auth_failures
+                .get_or_create(&AuthFailureLabels {
+                    kind: failure_name(rejection.event_kind).into(),
+                })
+                .inc();
+            crate::logging::security_event(&rejection.to_event(
+                ctx.source,
+                ctx.route.clone(),
+                Some(ctx.id.clone()),
+            ));
+            ctx.identity = rejection.identity;
+            Err(if rejection.status == StatusCode::FORBIDDEN {
+                Reject::Forbidden
+            } else {
+                Reject::Unauthorized
+            })
+        }
+    }
+}
+
+/// The client's body, bounded by `max_body_bytes` (a chunked body that grows past it fails the upstream
+/// exchange, which [`upstream_request`] turns into 413) and counted for the log.
+fn request_body(ctx: &RequestCtx, incoming: Incoming) -> ProxyBody {
+    if incoming.is_end_stream() {
+        return body::empty();
+    }
+    let max = usize::try_from(ctx.generation.limits().max_body_bytes).unwrap_or(usize::MAX);
+    Limited::new(Counted::new(incoming, ctx.bytes_in.clone()), max).boxed()
+}
+
+/// What the inspector decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InspectVerdict {
+    Allow,
+    Block,
+}
+
+/// Phase 4. Runs only when `[inspection]` is configured: buffers at most `limits.inspect_body_bytes` of the body
+/// and hands the head and that prefix to the inspector; the rest of the body streams past.
+async fn inspect(
+    ctx: &mut RequestCtx,
+    parts: &http::request::Parts,
+    body: ProxyBody,
+) -> Result<ProxyBody, Reject> {
+    let generation = ctx.generation.clone();
+    let Some(policy) = generation.config.inspection.as_ref() else {
+        return Ok(body);
+    };
+    let limit = ctx.generation.limits().inspect_body_bytes;
+    let (prefix, body) = body::buffer_prefix(body, limit)
+        .await
+        .map_err(|e| client_body_error(ctx, &*e))?;
+    match inspect_request(parts, &prefix, policy) {
+        InspectVerdict::Allow => Ok(body),
+        InspectVerdict::Block => {
+            ctx.verdict = "block_inspect";
+            Err(Reject::Forbidden)
+        }
+    }
+}
+
+/// TODO(inspect seam): call `crate::inspect::inspect(&RequestView, &Policy) -> Verdict` here, with the
+/// `RequestView` built from `parts` and `body_prefix`, and the `Policy` parsed from `[inspection]` once per
+/// generation (in `Generation::build`); emit its findings as `SecurityEvent`s through
+/// `crate::logging::security_event`. Until the inspector lands, every request is allowed.
+fn inspect_request(
+    _parts: &http::request::Parts,
+    _body_prefix: &Bytes,
+    _policy: &toml::Table,
+) -> InspectVerdict {
+    InspectVerdict::Allow
+}
+
+fn client_body_error(ctx: &mut RequestCtx, e: &(dyn std::error::Error + 'static)) -> Reject {
+    if is_length_limit(e) {
+        ctx.verdict = "limit";
+        Reject::PayloadTooLarge
+    } else {
+        ctx.verdict = "client_error";
+        Reject::BadRequest
+    }
+}
+
+fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// Phase 5.
+fn upstream_peer<'r>(ctx: &mut RequestCtx, route: &'r Route) -> Result<(usize, &'r Endpoint), Reject> {
+    ctx.upstream = Some(route.upstream.name.clone());
+    let (idx, endpoint) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
+    ctx.endpoint = Some(endpoint.addr);
+    Ok((idx, endpoint))
+}
+
+/// Phase 6.
+async fn upstream_request(
+    proxy: &Proxy,
+    ctx: &mut RequestCtx,
+    route: &Route,
+    mut parts: http::request::Parts,
+    body: ProxyBody,
+    endpoint_idx: usize,
+    endpoint: &Endpoint,
+) -> Result<Response<Incoming>, Reject> {
+    let upgrade = is_upgrade(&parts.headers)
+        .then(|| parts.headers.get(UPGRADE).cloned())
+        .flatten();
+    rewrite_request_headers(ctx, &mut parts, upgrade)?;
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    parts.uri = Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(endpoint.authority.clone())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|_| Reject::BadRequest)?;
+    parts.version = Version::HTTP_11;
+    let req = Request::from_parts(parts, body);
+
+    let upstream = &route.upstream;
+    let error_labels = |kind| UpstreamErrorLabels {
+        upstream: upstream.name.clone(),
+        kind,
+    };
+    let timeout = ctx.generation.timeouts().upstream_response;
+    match tokio::time::timeout(timeout, ctx.generation.client.request(req)).await {
+        Ok(Ok(resp)) => {
+            upstream.report_success(endpoint_idx);
+            Ok(resp)
+        }
+        Ok(Err(e)) if is_length_limit(&e) => {
+            ctx.verdict = "limit";
+            Err(Reject::PayloadTooLarge)
+        }
+        Ok(Err(e)) => {
+            let kind = if e.is_connect() { "connect" } else { "protocol" };
+            proxy
+                .metrics
+                .upstream_errors
+                .get_or_create(&error_labels(kind))
+                .inc();
+            let ejected = upstream.report_failure(endpoint_idx);
+            tracing::warn!(
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, kind, ejected,
+                error = %error_chain(&e), "upstream exchange failed; answering 502"
+            );
+            Err(Reject::BadGateway)
+        }
+        Err(_) => {
+            proxy
+                .metrics
+                .upstream_errors
+                .get_or_create(&error_labels("timeout"))
+                .inc();
+            let ejected = upstream.report_failure(endpoint_idx);
+            tracing::warn!(
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, ejected,
+                timeout = %humantime::format_duration(timeout), "upstream response timed out; answering 504"
+            );
+            Err(Reject::GatewayTimeout)
+        }
+    }
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        out.push_str(": ");
+        out.push_str(&err.to_string());
+        cur = err.source();
+    }
+    out
+}
+
+/// Hop-by-hop headers out, forwarding headers in. `upgrade` keeps a WebSocket handshake intact.
+fn rewrite_request_headers(
+    ctx: &RequestCtx,
+    parts: &mut http::request::Parts,
+    upgrade: Option<HeaderValue>,
+) -> Result<(), Reject> {
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    if let Some(proto) = upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(UPGRADE, proto);
+    }
+    if !headers.contains_key(HOST)
+        && let Some(authority) = parts.uri.authority()
+    {
+        let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::BadRequest)?;
+        headers.insert(HOST, value);
+    }
+    let source = ctx.source.to_string();
+    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {source}"),
+        _ => source,
+    };
+    headers.insert(
+        X_FORWARDED_FOR,
+        HeaderValue::from_str(&xff).map_err(|_| Reject::BadRequest)?,
+    );
+    headers.insert(
+        X_FORWARDED_PROTO,
+        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
+    );
+    if let Ok(id) = HeaderValue::from_str(&ctx.id) {
+        headers.insert(ctx.generation.request_id_header.clone(), id);
+    }
+    Ok(())
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in [
+        CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        UPGRADE,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        headers.remove(name);
+    }
+}
+
+fn is_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Phase 7.
+fn response(
+    ctx: &RequestCtx,
+    conn: &Arc<ConnInfo>,
+    mut resp: Response<Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<ProxyBody> {
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            let request_id = ctx.id.clone();
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                match tokio::try_join!(client, upstream) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        tokio::select! {
+                            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+                                }
+                            }
+                            () = conn.registration.closed.cancelled() => {
+                                tracing::debug!(%request_id, "upgraded connection closed by the registry");
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!(%request_id, error = %e, "upgrade did not complete"),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return Response::from_parts(parts, body::empty());
+        }
+        // A 101 the client did not ask for cannot be honoured.
+        return error_response(Reject::BadGateway, &ctx.id);
+    }
+    strip_hop_by_hop(resp.headers_mut());
+    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
+    let body = serde_json::json!({ "error": reject.code(), "request_id": request_id }).to_string();
+    let mut resp = Response::new(body::full(body));
+    *resp.status_mut() = reject.status();
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if matches!(reject, Reject::Unauthorized) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    resp
+}
+
+/// Adds the request id and arranges phase 8 for when the body is done.
+fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
+    if let Ok(id) = HeaderValue::from_str(&ctx.id) {
+        resp.headers_mut()
+            .insert(ctx.generation.request_id_header.clone(), id);
+    }
+    let status = resp.status();
+    let proxy = proxy.clone();
+    resp.map(|b| {
+        Finishing::new(b, move |bytes_out, complete| {
+            log(&proxy, &ctx, status, bytes_out, complete);
+        })
+        .boxed()
+    })
+}
+
+/// Phase 8: the access line and the request metrics.
+fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, complete: bool) {
+    let elapsed = ctx.started.elapsed();
+    let route = ctx.route.as_deref().unwrap_or("");
+    let labels = RequestLabels {
+        route: route.to_owned(),
+        status: status.as_u16(),
+    };
+    proxy.metrics.requests.get_or_create(&labels).inc();
+    proxy
+        .metrics
+        .latency
+        .get_or_create(&labels)
+        .observe(elapsed.as_secs_f64());
+    let identity = ctx.identity.as_ref().map(|i| i.subject.as_str());
+    let endpoint = ctx.endpoint.map(|e| e.to_string());
+    tracing::info!(
+        target: ACCESS,
+        request_id = %ctx.id,
+        source = %ctx.source,
+        method = %ctx.method,
+        path = %ctx.path,
+        identity,
+        route,
+        upstream = ctx.upstream.as_deref(),
+        endpoint,
+        status = status.as_u16(),
+        bytes_in = ctx.bytes_in.load(Ordering::Relaxed),
+        bytes_out,
+        latency_ms = elapsed.as_secs_f64() * 1000.0,
+        verdict = ctx.verdict,
+        complete,
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_go_including_those_named_by_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("close, X-Secret-Hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn error_bodies_say_only_the_class_and_id() {
+        let resp = error_response(Reject::BadGateway, "abc");
+        assert_eq!(resp.status(), 502);
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+    }
+}

@@ -1,0 +1,259 @@
+//! Listeners: accept, the connection filter (before TLS), the TLS handshake, and serving one connection with
+//! the idle timeout, graceful shutdown and the per-source close switch.
+
+use std::{
+    convert::Infallible,
+    io,
+    net::{IpAddr, SocketAddr},
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    time::Instant,
+};
+
+use super::{
+    Proxy,
+    connections::ConnectionGuard,
+    pipeline::{self, ConnInfo},
+};
+
+/// A verdict on a new connection, given before any byte of it is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionVerdict {
+    Accept,
+    /// The source is banned (kernel verdict map or the risk engine).
+    Banned,
+    /// The source already holds `max_connections_per_source` connections.
+    TooManyFromSource,
+}
+
+/// Where the kernel's verdict meets the proxy: asked on every accept, before TLS. The daemon's integrator
+/// implements it over the XDP ban map (a source XDP missed, e.g. banned a moment ago, is still refused here).
+pub trait SourceGate: Send + Sync {
+    fn is_banned(&self, source: IpAddr) -> bool;
+}
+
+/// The accept loop of `[[listener]]` number `index`, until `proxy.shutdown` fires.
+pub async fn serve_listener(proxy: Arc<Proxy>, index: usize, listener: TcpListener) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = proxy.shutdown.cancelled() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off a little instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let guard = match connection_filter(&proxy, peer) {
+            Ok(guard) => guard,
+            Err(verdict) => {
+                proxy.metrics.rejected_connections.inc();
+                tracing::debug!(%peer, ?verdict, "connection refused");
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move { serve_connection(proxy, index, tcp, peer, guard).await });
+    }
+}
+
+/// The connection filter phase.
+fn connection_filter(proxy: &Arc<Proxy>, peer: SocketAddr) -> Result<ConnectionGuard, ConnectionVerdict> {
+    let source = crate::addr::canonical(peer.ip());
+    if proxy.source_gate.as_ref().is_some_and(|g| g.is_banned(source)) {
+        return Err(ConnectionVerdict::Banned);
+    }
+    let max = proxy.current.load().limits().max_connections_per_source;
+    proxy
+        .connections
+        .try_register(source, max)
+        .ok_or(ConnectionVerdict::TooManyFromSource)
+}
+
+async fn serve_connection(
+    proxy: Arc<Proxy>,
+    index: usize,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    guard: ConnectionGuard,
+) {
+    let generation = proxy.current.load_full();
+    // Nagle only delays small responses; a failure here changes nothing that matters.
+    let _ = tcp.set_nodelay(true);
+    let activity = Arc::new(Activity::new());
+    let tcp = ActivityIo {
+        inner: tcp,
+        activity: activity.clone(),
+    };
+    let acceptor = generation.tls.get(index).cloned().flatten();
+    let conn = Arc::new(ConnInfo {
+        peer,
+        tls: acceptor.is_some(),
+        registration: guard,
+    });
+    let header_read = generation.timeouts().header_read;
+    match acceptor {
+        None => drive(proxy, generation, tcp, conn, activity).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
+                () = conn.registration.closed.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => drive(proxy, generation, tls, conn, activity).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+            }
+        }
+    }
+}
+
+async fn drive<I>(
+    proxy: Arc<Proxy>,
+    generation: Arc<super::generation::Generation>,
+    io: I,
+    conn: Arc<ConnInfo>,
+    activity: Arc<Activity>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc_proxy = proxy.clone();
+    let svc_conn = conn.clone();
+    let service = service_fn(move |req| {
+        let proxy = svc_proxy.clone();
+        let conn = svc_conn.clone();
+        async move { Ok::<_, Infallible>(pipeline::handle(proxy, conn, req).await) }
+    });
+    let connection = generation
+        .server
+        .serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let idle = generation.timeouts().idle;
+    let mut ticker = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
+    let mut draining = false;
+    // Made once: re-creating these futures on every wake-up of the connection costs a lock each.
+    let closed = conn.registration.closed.cancelled();
+    let shutdown = proxy.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
+    loop {
+        tokio::select! {
+            biased;
+            res = connection.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut closed => {
+                tracing::debug!(peer = %conn.peer, "connection closed by the registry");
+                return;
+            }
+            () = &mut shutdown, if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = ticker.tick(), if !draining => {
+                if activity.idle_for() >= idle {
+                    draining = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Time of the last byte read or written on a connection.
+struct Activity {
+    origin: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
+    }
+}
+
+/// A stream that records activity for the idle timeout.
+struct ActivityIo<T> {
+    inner: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, data);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
