@@ -33,11 +33,13 @@ pub mod map_names {
     pub const STATS: &str = "STATS";
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
     pub const EVENT_BUDGET: &str = "EVENT_BUDGET";
+    pub const BAN_NOTES: &str = "BAN_NOTES";
     /// Every pinned map, for listing and purging a pin directory.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 9] = [
         ALLOWLIST,
         BLOCKLIST,
         BANS,
+        BAN_NOTES,
         RATES,
         CONFIG,
         STATS,
@@ -66,7 +68,7 @@ pub mod capacity {
 pub enum BanReason {
     /// Placed by an operator through the CLI or admin API.
     Manual = 1,
-    /// Payload inspection found attacks (SQLi, XSS, ...).
+    /// Payload inspection found attacks (SQL injection, cross-site scripting, ...).
     Injection = 2,
     /// Token tampering or repeated authentication failures.
     AuthAbuse = 3,
@@ -118,17 +120,39 @@ impl BanReason {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Ban {
-    /// `CLOCK_MONOTONIC` time (as `bpf_ktime_get_ns`) after which the ban no longer applies. The kernel lets
-    /// an expired ban pass on its own; userspace reaps the entry at leisure.
+    /// `CLOCK_MONOTONIC` time after which the ban no longer applies. The kernel lets an expired ban pass on its
+    /// own (it reads the coarse clock, so a ban may outlast its expiry by one scheduler tick); userspace reaps the
+    /// entry at leisure.
     pub expires_ns: u64,
     /// `CLOCK_MONOTONIC` time the ban was placed.
     pub created_ns: u64,
-    /// Packets dropped because of this ban.
+    /// Packets dropped because of this ban, up to the last fold of [`SourceState::ban_hits_pending`].
     pub hits: u64,
     /// A [`BanReason`] as `u32`.
     pub reason: u32,
     /// How many bans this source has had, this one included; drives escalating TTLs.
     pub strikes: u32,
+}
+
+/// Value of the `BAN_NOTES` map, keyed by [`Addr`]: the operator's or detector's words on a ban (UTF-8, cut
+/// at [`BanNote::CAPACITY`] bytes). Only userspace reads and writes it; it is a map rather than a file so that
+/// it lives and dies with the bans, on the same bpffs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BanNote {
+    pub len: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
+    pub text: [u8; BanNote::CAPACITY],
+}
+
+impl BanNote {
+    pub const CAPACITY: usize = 120;
+    pub const EMPTY: BanNote = BanNote {
+        len: 0,
+        pad: 0,
+        text: [0; BanNote::CAPACITY],
+    };
 }
 
 /// Verdict-cache bits kept in [`SourceState::cached`].
@@ -149,21 +173,24 @@ pub mod cached {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SourceState {
-    /// Packets and bytes seen from this source since it was first tracked.
-    pub total_packets: u64,
-    pub total_bytes: u64,
+    /// Packets and bytes seen from this source before the current window; the total is these plus the window's.
+    /// (Folding the window in at roll-over keeps the per-packet path to one atomic add.)
+    pub packets_before_window: u64,
+    pub bytes_before_window: u64,
     /// Start of the current rate window, `CLOCK_MONOTONIC` ns.
     pub window_start_ns: u64,
-    /// Packets and bytes in the current window.
+    /// Packets and bytes in the current window. `window_packets` is added atomically, since the rate limit
+    /// depends on it.
     pub window_packets: u64,
     pub window_bytes: u64,
     /// Packets and bytes in the previous (complete) window.
     pub prev_window_packets: u64,
     pub prev_window_bytes: u64,
-    /// First and last packet, `CLOCK_MONOTONIC` ns.
+    /// First and last packet, `CLOCK_MONOTONIC` ns (coarse: scheduler-tick resolution).
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
-    /// Packets dropped from this source, all reasons.
+    /// Packets dropped from this source, all reasons. Like the window's byte count, a plain add: exact for a
+    /// source whose packets one CPU handles, approximate under a multi-queue flood.
     pub dropped_packets: u64,
     /// Last drop event emitted for this source, `CLOCK_MONOTONIC` ns (drop-event sampling).
     pub last_event_ns: u64,
@@ -171,9 +198,15 @@ pub struct SourceState {
     pub policy_epoch: u64,
     /// Expiry of the cached ban, when `cached & BAN`.
     pub ban_expires_ns: u64,
+    /// Ban drops not yet added to [`Ban::hits`]. The kernel folds them into the ban at most once per rate
+    /// window, so a banned flood costs no bans-map lookup per packet; readers add the two.
+    pub ban_hits_pending: u64,
+    /// When pending hits were last folded into the ban, `CLOCK_MONOTONIC` ns.
+    pub ban_hits_flushed_ns: u64,
     /// [`cached`] bits.
     pub cached: u32,
-    pub _pad: u32,
+    /// Explicit padding, always zero.
+    pub pad: u32,
 }
 
 /// The single entry of the `CONFIG` array map. Written by userspace only.
@@ -317,7 +350,8 @@ pub struct DropEvent {
 
 const _: () = {
     assert!(core::mem::size_of::<Ban>() == 32);
-    assert!(core::mem::size_of::<SourceState>() == 112);
+    assert!(core::mem::size_of::<BanNote>() == 128);
+    assert!(core::mem::size_of::<SourceState>() == 128);
     assert!(core::mem::size_of::<XdpConfig>() == 40);
     assert!(core::mem::size_of::<EventBudget>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
@@ -329,6 +363,7 @@ mod pod {
     // SAFETY: each type is `repr(C)`, `Copy`, made only of integers, and has no padding (size asserts above), so
     // every bit pattern is valid and no byte is uninitialised.
     unsafe impl aya::Pod for super::Ban {}
+    unsafe impl aya::Pod for super::BanNote {}
     unsafe impl aya::Pod for super::SourceState {}
     unsafe impl aya::Pod for super::XdpConfig {}
     unsafe impl aya::Pod for super::EventBudget {}

@@ -4,7 +4,13 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::Error;
+use crate::{
+    Error,
+    xdp::{
+        ListKind,
+        commands::{self, BanArgs, ListCommand, MapsCommand, XdpCommand},
+    },
+};
 
 /// Default bpffs directory for the pinned maps and links.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rasp-proxy";
@@ -16,6 +22,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/rasp-proxy";
     about = "eBPF/XDP-accelerated RASP access proxy"
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub pins: PinDirArg,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +42,22 @@ pub enum Command {
     Run(ConfigArg),
     /// Check a config file and exit: nothing is bound or started.
     Check(ConfigArg),
+    /// Attach, detach and inspect the XDP data plane.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
+    /// Ban an address in the kernel for a while.
+    Ban(BanArgs),
+    /// Lift a ban.
+    Unban { addr: String },
+    /// Edit the CIDR blocklist.
+    #[command(subcommand)]
+    Blocklist(ListCommand),
+    /// Edit the CIDR allowlist (allowed sources are never dropped).
+    #[command(subcommand)]
+    Allowlist(ListCommand),
+    /// Read the pinned maps.
+    #[command(subcommand)]
+    Maps(MapsCommand),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -45,6 +69,7 @@ pub struct ConfigArg {
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
+    let pins = &cli.pins;
     match cli.command {
         Command::Run(args) => run_daemon(&args.config),
         Command::Check(args) => {
@@ -53,6 +78,30 @@ pub fn run(cli: Cli) -> Result<(), Error> {
             crate::proxy::generation::Generation::build(config, 0)?;
             println!("{}: ok", args.config.display());
             Ok(())
+        }
+        Command::Xdp(cmd) => {
+            init_cli_logging();
+            commands::run_xdp(pins, cmd)
+        }
+        Command::Ban(args) => {
+            init_cli_logging();
+            commands::run_ban(pins, &args)
+        }
+        Command::Unban { addr } => {
+            init_cli_logging();
+            commands::run_unban(pins, &addr)
+        }
+        Command::Blocklist(cmd) => {
+            init_cli_logging();
+            commands::run_list(pins, ListKind::Blocklist, &cmd)
+        }
+        Command::Allowlist(cmd) => {
+            init_cli_logging();
+            commands::run_list(pins, ListKind::Allowlist, &cmd)
+        }
+        Command::Maps(cmd) => {
+            init_cli_logging();
+            commands::run_maps(pins, &cmd)
         }
     }
 }
@@ -65,4 +114,15 @@ fn run_daemon(config_path: &std::path::Path) -> Result<(), Error> {
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;
     runtime.block_on(crate::proxy::run(config_path))
+}
+
+/// Human-readable logs on stderr for one-shot commands (`RUST_LOG` overrides the `info` default).
+fn init_cli_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
 }

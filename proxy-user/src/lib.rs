@@ -11,5 +11,6 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod xdp;
 
 pub use error::Error;

@@ -1,2 +1,197 @@
-//! `cargo xtask`: what plain cargo cannot do.
-fn main() {}
+//! `cargo xtask`: what plain cargo cannot do — set-up, the eBPF build, privileged tests, benches, the demo.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "rasp-proxy project automation")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what the eBPF build and the tests need (idempotent): nightly rust-src, LLVM 22, bpf-linker, tools.
+    Setup,
+    /// Build the XDP object (nightly, bpfel-unknown-none) into target/bpfel-unknown-none/release/proxy-ebpf.
+    BuildEbpf,
+    /// Build the XDP object and a release `rasp-proxy` that embeds it.
+    Build,
+    /// Run every test: set-up, eBPF build, lints, unit tests, then the privileged tests (root, netns).
+    Test {
+        /// Extra arguments for the privileged test binary (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the demo: namespaces with a client and an attacker, the XDP program, a ban, and what the maps show.
+    Demo,
+    /// Benchmarks that print a table.
+    Bench {
+        #[command(subcommand)]
+        which: Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// ns per packet of the XDP program (`BPF_PROG_TEST_RUN`) for each path, beside xdp-filter.
+    Xdp,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    match cli.task {
+        Task::Setup => setup::install(),
+        Task::BuildEbpf => build_ebpf(&root),
+        Task::Build => {
+            build_ebpf(&root)?;
+            cargo(&root, &["build", "--release", "-p", "proxy-user"])
+        }
+        Task::Test { args } => test(&root, &args),
+        Task::Demo => {
+            setup::install()?;
+            build_ebpf(&root)?;
+            cargo(&root, &["build", "-p", "proxy-user"])?;
+            let bin = root.join("target/debug/rasp-proxy");
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .env("RASP_PROXY_BIN", &bin)
+                .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
+        }
+        Task::Bench { which: Bench::Xdp } => {
+            setup::install()?;
+            build_ebpf(&root)?;
+            cargo(&root, &["bench", "-p", "rasp-tests", "--bench", "xdp"])
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// The eBPF build: nightly for `-Z build-std=core`, bpf-linker as the linker (set by the BPF target).
+fn build_ebpf(root: &Path) -> Result<()> {
+    run(Command::new("cargo")
+        .current_dir(root)
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env("PATH", setup::path_with_cargo_bin())
+        .args([
+            "+nightly",
+            "build",
+            "--package",
+            "proxy-ebpf",
+            "--target",
+            "bpfel-unknown-none",
+            "-Z",
+            "build-std=core",
+            "--release",
+        ]))
+    .context("building the XDP object (run `cargo xtask setup` if the toolchain is missing)")
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    setup::install()?;
+    build_ebpf(root)?;
+    cargo(root, &["fmt", "--all", "--", "--check"])?;
+    cargo(
+        root,
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    let mut tally = Tally::default();
+    // Unit and non-privileged integration tests of the default members.
+    tally.run(Command::new("cargo").current_dir(root).arg("test"))?;
+    if !is_root() {
+        bail!("the privileged tests need root (CAP_BPF, CAP_NET_ADMIN, network namespaces)");
+    }
+    cargo(root, &["build", "-p", "proxy-user"])?;
+    let bin = root.join("target/debug/rasp-proxy");
+    let mut args: Vec<&str> = vec!["test", "-p", "rasp-tests", "--tests", "--", "--test-threads=1"];
+    args.extend(extra.iter().map(String::as_str));
+    tally.run(
+        Command::new("cargo")
+            .current_dir(root)
+            .env("RASP_PROXY_BIN", &bin)
+            .args(&args),
+    )?;
+    // One closing line over every test binary, so the total is read rather than the last binary's count.
+    println!("xtask test: {} passed, {} failed", tally.passed, tally.failed);
+    if tally.failed > 0 {
+        bail!("{} tests failed", tally.failed);
+    }
+    Ok(())
+}
+
+/// Adds up libtest's `test result:` lines while passing the output through.
+#[derive(Default)]
+struct Tally {
+    passed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn run(&mut self, cmd: &mut Command) -> Result<()> {
+        use std::io::{BufRead as _, BufReader};
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
+        if let Some(out) = child.stdout.take() {
+            for line in BufReader::new(out).lines() {
+                let line = line.context("reading test output")?;
+                println!("{line}");
+                if let Some(rest) = line.strip_prefix("test result: ") {
+                    self.passed += count_before(rest, " passed");
+                    self.failed += count_before(rest, " failed");
+                }
+            }
+        }
+        let status = child.wait().context("waiting for cargo test")?;
+        if !status.success() {
+            bail!("{cmd:?} failed: {status}");
+        }
+        Ok(())
+    }
+}
+
+/// In `ok. 17 passed; 0 failed; ...`, the number before `word`.
+fn count_before(text: &str, word: &str) -> u64 {
+    text.split(';')
+        .find_map(|part| {
+            part.trim()
+                .trim_start_matches("ok. ")
+                .trim_start_matches("FAILED. ")
+                .strip_suffix(word.trim_start())
+        })
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(Command::new("cargo").current_dir(root).args(args))
+}
+
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

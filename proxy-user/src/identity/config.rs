@@ -73,7 +73,7 @@ pub struct JwtIssuerConfig {
 }
 
 fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_mins(5)
 }
 
 /// One `[[api_key]]`: the key itself never appears in config, only its SHA-256.
