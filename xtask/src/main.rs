@@ -1,5 +1,6 @@
 //! `cargo xtask`: what plain cargo cannot do — set-up, the eBPF build, privileged tests, benches, the demo.
 
+mod image;
 mod setup;
 
 use std::{
@@ -33,6 +34,8 @@ enum Task {
     },
     /// Run the demo: namespaces with a client and an attacker, the XDP program, a ban, and what the maps show.
     Demo,
+    /// Build the container image (static musl binary, FROM scratch) with podman and check its binary starts.
+    Image,
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -67,6 +70,7 @@ fn main() -> Result<()> {
                 .env("RASP_PROXY_BIN", &bin)
                 .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
         }
+        Task::Image => image::build(&root),
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;
             build_ebpf(&root)?;
