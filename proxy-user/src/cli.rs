@@ -108,7 +108,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 
 fn run_daemon(config_path: &std::path::Path) -> Result<(), Error> {
     let config = crate::config::Config::load(config_path)?;
-    crate::logging::init(config.log.security_file.as_deref())?;
+    let _log_guard = crate::logging::init(config.log.security_file.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -311,4 +311,9 @@ async fn websocket_upgrade_passes_through() {
             .unwrap();
         assert_eq!(back, msg);
     }
+    // The tunnel stays in the connection registry: banning the source cuts it.
+    assert_eq!(p.running().proxy.close_source("127.0.0.1".parse().unwrap()), 1);
+    let mut rest = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
+    assert!(r.is_ok_and(|r| r.is_ok()), "the tunnel was closed");
 }

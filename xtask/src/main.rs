@@ -1,5 +1,6 @@
 //! `cargo xtask`: what plain cargo cannot do — set-up, the eBPF build, privileged tests, benches, the demo.
 
+mod bench_proxy;
 mod image;
 mod setup;
 
@@ -47,6 +48,8 @@ enum Task {
 enum Bench {
     /// ns per packet of the XDP program (`BPF_PROG_TEST_RUN`) for each path, beside xdp-filter.
     Xdp,
+    /// rasp-proxy against the upstream alone and nginx, with wrk on loopback.
+    Proxy,
 }
 
 fn main() -> Result<()> {
@@ -76,6 +79,7 @@ fn main() -> Result<()> {
             build_ebpf(&root)?;
             cargo(&root, &["bench", "-p", "rasp-tests", "--bench", "xdp"])
         }
+        Task::Bench { which: Bench::Proxy } => bench_proxy::run(&root),
     }
 }
 

@@ -34,8 +34,10 @@ use hyper_util::rt::TokioIo;
 use super::{
     Proxy,
     body::{self, BoxError, Counted, Finishing, ProxyBody},
+    connections::ConnectionGuard,
     generation::Generation,
     router::{Route, RouteMatch},
+    upstream::Endpoint,
 };
 use crate::{
     event::Identity,
@@ -44,11 +46,14 @@ use crate::{
     metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
 };
 
-/// What the proxy knows about the client connection a request came on.
+/// What the proxy knows about the client connection a request came on. It also holds the connection's place in
+/// the registry, so a WebSocket tunnel (which outlives hyper's connection) stays registered, counted and
+/// closable by `close_source` until the tunnel ends.
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub tls: bool,
+    pub registration: ConnectionGuard,
 }
 
 /// Per-request state the phases share and the log phase reports.
@@ -132,7 +137,7 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
         verdict: "allow",
         bytes_in: Arc::new(AtomicU64::new(0)),
     };
-    let resp = match run_phases(&proxy, &mut ctx, req).await {
+    let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
             if ctx.verdict == "allow" {
@@ -146,6 +151,7 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
 
 async fn run_phases(
     proxy: &Arc<Proxy>,
+    conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Reject> {
@@ -159,7 +165,7 @@ async fn run_phases(
     let body = inspect(ctx, &parts, body).await?;
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
-    Ok(response(ctx, upstream_resp, client_upgrade))
+    Ok(response(ctx, conn, upstream_resp, client_upgrade))
 }
 
 /// Phase 1: limits that need no route, and headers no client may set.
@@ -312,11 +318,11 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 /// Phase 5.
-fn upstream_peer(ctx: &mut RequestCtx, route: &Route) -> Result<(usize, SocketAddr), Reject> {
+fn upstream_peer<'r>(ctx: &mut RequestCtx, route: &'r Route) -> Result<(usize, &'r Endpoint), Reject> {
     ctx.upstream = Some(route.upstream.name.clone());
-    let (idx, addr) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
-    ctx.endpoint = Some(addr);
-    Ok((idx, addr))
+    let (idx, endpoint) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
+    ctx.endpoint = Some(endpoint.addr);
+    Ok((idx, endpoint))
 }
 
 /// Phase 6.
@@ -327,7 +333,7 @@ async fn upstream_request(
     mut parts: http::request::Parts,
     body: ProxyBody,
     endpoint_idx: usize,
-    endpoint: SocketAddr,
+    endpoint: &Endpoint,
 ) -> Result<Response<Incoming>, Reject> {
     let upgrade = is_upgrade(&parts.headers)
         .then(|| parts.headers.get(UPGRADE).cloned())
@@ -336,7 +342,7 @@ async fn upstream_request(
     let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     parts.uri = Uri::builder()
         .scheme(Scheme::HTTP)
-        .authority(endpoint.to_string())
+        .authority(endpoint.authority.clone())
         .path_and_query(path_and_query)
         .build()
         .map_err(|_| Reject::BadRequest)?;
@@ -367,7 +373,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint, kind, ejected,
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, kind, ejected,
                 error = %error_chain(&e), "upstream exchange failed; answering 502"
             );
             Err(Reject::BadGateway)
@@ -380,7 +386,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint, ejected,
+                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, ejected,
                 timeout = %humantime::format_duration(timeout), "upstream response timed out; answering 504"
             );
             Err(Reject::GatewayTimeout)
@@ -479,6 +485,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Phase 7.
 fn response(
     ctx: &RequestCtx,
+    conn: &Arc<ConnInfo>,
     mut resp: Response<Incoming>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
@@ -486,13 +493,21 @@ fn response(
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             let request_id = ctx.id.clone();
+            let conn = conn.clone();
             tokio::spawn(async move {
                 match tokio::try_join!(client, upstream) {
                     Ok((client, upstream)) => {
                         let mut client = TokioIo::new(client);
                         let mut upstream = TokioIo::new(upstream);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                            tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+                        tokio::select! {
+                            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
+                                if let Err(e) = r {
+                                    tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+                                }
+                            }
+                            () = conn.registration.closed.cancelled() => {
+                                tracing::debug!(%request_id, "upgraded connection closed by the registry");
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(%request_id, error = %e, "upgrade did not complete"),

@@ -105,17 +105,18 @@ async fn serve_connection(
     let conn = Arc::new(ConnInfo {
         peer,
         tls: acceptor.is_some(),
+        registration: guard,
     });
     let header_read = generation.timeouts().header_read;
     match acceptor {
-        None => drive(proxy, generation, tcp, conn, guard, activity).await,
+        None => drive(proxy, generation, tcp, conn, activity).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
-                () = guard.closed.cancelled() => return,
+                () = conn.registration.closed.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(tls)) => drive(proxy, generation, tls, conn, guard, activity).await,
+                Ok(Ok(tls)) => drive(proxy, generation, tls, conn, activity).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -128,7 +129,6 @@ async fn drive<I>(
     generation: Arc<super::generation::Generation>,
     io: I,
     conn: Arc<ConnInfo>,
-    guard: ConnectionGuard,
     activity: Arc<Activity>,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -147,19 +147,24 @@ async fn drive<I>(
     let idle = generation.timeouts().idle;
     let mut ticker = tokio::time::interval((idle / 4).max(Duration::from_millis(100)));
     let mut draining = false;
+    // Made once: re-creating these futures on every wake-up of the connection costs a lock each.
+    let closed = conn.registration.closed.cancelled();
+    let shutdown = proxy.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
     loop {
         tokio::select! {
+            biased;
             res = connection.as_mut() => {
                 if let Err(e) = res {
                     tracing::debug!(peer = %conn.peer, error = %e, "connection ended with an error");
                 }
                 return;
             }
-            () = guard.closed.cancelled() => {
+            () = &mut closed => {
                 tracing::debug!(peer = %conn.peer, "connection closed by the registry");
                 return;
             }
-            () = proxy.shutdown.cancelled(), if !draining => {
+            () = &mut shutdown, if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }

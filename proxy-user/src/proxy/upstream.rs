@@ -16,6 +16,8 @@ use crate::config::UpstreamConfig;
 #[derive(Debug)]
 pub struct Endpoint {
     pub addr: SocketAddr,
+    /// `addr` as a URI authority, made once rather than per request.
+    pub authority: http::uri::Authority,
     consecutive_failures: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
 }
@@ -53,6 +55,7 @@ impl Upstream {
                 .iter()
                 .map(|&addr| Endpoint {
                     addr,
+                    authority: authority_of(addr),
                     consecutive_failures: AtomicU32::new(0),
                     ejected_until: Mutex::new(None),
                 })
@@ -66,7 +69,7 @@ impl Upstream {
     /// The next endpoint in round-robin order that is not ejected. When every endpoint is ejected, the one whose
     /// cool-down ends first is tried anyway: refusing all traffic would turn a partial outage into a full one.
     #[must_use]
-    pub fn pick(&self) -> Option<(usize, SocketAddr)> {
+    pub fn pick(&self) -> Option<(usize, &Endpoint)> {
         let n = self.endpoints.len();
         if n == 0 {
             return None;
@@ -76,11 +79,11 @@ impl Upstream {
         for i in 0..n {
             let idx = (start + i) % n;
             if self.endpoints[idx].is_available(now) {
-                return Some((idx, self.endpoints[idx].addr));
+                return Some((idx, &self.endpoints[idx]));
             }
         }
         let idx = (0..n).min_by_key(|&i| self.endpoints[i].ejected_until())?;
-        Some((idx, self.endpoints[idx].addr))
+        Some((idx, &self.endpoints[idx]))
     }
 
     /// Reports a transport failure of endpoint `idx`; returns true when this failure ejected it.
@@ -111,6 +114,13 @@ impl Upstream {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
         }
     }
+}
+
+fn authority_of(addr: SocketAddr) -> http::uri::Authority {
+    // `SocketAddr`'s display form (`1.2.3.4:80`, `[::1]:80`) is always a valid authority; the fallback only
+    // satisfies the type.
+    http::uri::Authority::try_from(addr.to_string())
+        .unwrap_or_else(|_| http::uri::Authority::from_static("invalid"))
 }
 
 #[cfg(test)]
