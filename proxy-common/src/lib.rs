@@ -340,6 +340,7 @@ impl DropReason {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DropEvent {
     pub addr: Addr,
+    /// When the packet was dropped, `CLOCK_MONOTONIC` ns (fine resolution).
     pub ts_ns: u64,
     /// Packets dropped from this source so far (all reasons).
     pub dropped_packets: u64,

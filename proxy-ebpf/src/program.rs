@@ -17,7 +17,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, xdp_action},
-    helpers::generated::bpf_ktime_get_coarse_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_ktime_get_coarse_ns},
     macros::{map, xdp},
     maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
@@ -317,7 +317,9 @@ fn emit_drop_event(
     budget.used += 1;
     let event = DropEvent {
         addr: *addr,
-        ts_ns: now,
+        // The fine clock here (rare path): reaction-time measurements need better than tick resolution.
+        // SAFETY: a helper with no arguments and no preconditions.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
         dropped_packets: state.dropped_packets,
         reason: reason as u32,
         // SAFETY: reads a field of the XDP context.

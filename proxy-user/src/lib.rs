@@ -11,6 +11,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod proxy;
+pub mod risk;
 pub mod xdp;
 
 pub use error::Error;
