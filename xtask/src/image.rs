@@ -21,7 +21,9 @@ fn image_tag() -> String {
     format!("localhost/rasp-proxy:{}", env!("CARGO_PKG_VERSION"))
 }
 
-pub fn build(root: &Path) -> Result<()> {
+/// `check_capabilities`: also run the data-plane commands in the image under the `DaemonSet`'s security settings
+/// (root, network namespaces, a veth pair and a private bpffs; see [`check_capabilities`]).
+pub fn build(root: &Path, check_capabilities: bool) -> Result<()> {
     require_tools()?;
     super::build_ebpf(root)?;
     let object = root.join(EBPF_OBJECT);
@@ -70,7 +72,11 @@ pub fn build(root: &Path) -> Result<()> {
     );
 
     check_extracted(&tag, &bytes, &context)?;
-    check_in_container(&tag)
+    let runtime = check_in_container(&tag)?;
+    if check_capabilities {
+        self::check_capabilities(root, &tag, runtime)?;
+    }
+    Ok(())
 }
 
 /// Fails early, naming the package, when a tool the build needs is missing.
@@ -131,7 +137,7 @@ fn check_extracted(tag: &str, built: &[u8], context: &Path) -> Result<()> {
 /// Two settings make it run on hosts like this project's CI, where root lacks `CAP_SYS_RESOURCE` and the cgroup
 /// layout is hybrid: explicit low ulimits (podman otherwise raises `RLIMIT_NOFILE`/`RLIMIT_NPROC` above the hard
 /// limit, which fails with EPERM), and runc when crun refuses the cgroup layout.
-fn check_in_container(tag: &str) -> Result<()> {
+fn check_in_container(tag: &str) -> Result<Option<&'static str>> {
     let run = |runtime: Option<&str>, args: &[&str]| {
         let mut cmd = Command::new("podman");
         if let Some(r) = runtime {
@@ -181,7 +187,253 @@ fn check_in_container(tag: &str) -> Result<()> {
         version.trim(),
         checked.trim()
     );
+    Ok(runtime)
+}
+
+/// The capabilities the `DaemonSet` and the systemd unit grant (a proxy-user test keeps the manifests equal to it).
+const CAPABILITIES: &str = "bpf,net_admin,perfmon";
+const CAPS_NETNS: &str = "rasp-image-caps";
+
+/// One run of the image under a given security setting, and what it must do.
+struct CapsCase {
+    what: &'static str,
+    user: &'static str,
+    caps: &'static str,
+    seccomp_unconfined: bool,
+    pin_dir: &'static str,
+    args: &'static [&'static str],
+    /// `Some(text)`: must succeed and print `text`; `None`: must fail.
+    expect: Option<&'static str>,
+}
+
+/// Runs the XDP and map commands in the image the way the `DaemonSet` runs them (uid 0, every capability dropped
+/// but `CAP_BPF`, `CAP_NET_ADMIN` and `CAP_PERFMON`, read-only root, no-new-privileges, seccomp unconfined), on a veth
+/// in a network namespace of its own with a private bpffs, and checks that each capability is needed, that the
+/// default seccomp profile and a non-root uid do not work, and that the program stays attached after every
+/// container has exited. Needs root; cleans up after itself.
+fn check_capabilities(root: &Path, tag: &str, runtime: Option<&str>) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "--check-capabilities needs root (netns, veth, bpffs)"
+    );
+    let bpffs = root.join("target/image/bpffs");
+    let _scratch = CapsScratch::create(&bpffs)?;
+    for case in &caps_cases() {
+        run_caps_case(case, tag, runtime, &bpffs)?;
+    }
+    let link = output(Command::new("ip").args(["-n", CAPS_NETNS, "-d", "link", "show", "rpcaps0"]))?;
+    ensure!(
+        link.contains("prog/xdp"),
+        "no XDP program on rpcaps0 after the containers exited:\n{link}"
+    );
+    println!("caps: ok      the XDP program stays attached with no container running (pinned link)");
     Ok(())
+}
+
+/// What each setting must allow or refuse. Attaching needs all three capabilities; writing a ban needs `CAP_BPF`
+/// alone (plus the pins, which only uid 0 can open); the runtime's default seccomp profile blocks bpf(2).
+#[expect(
+    clippy::too_many_lines,
+    reason = "one table of cases; rustfmt spreads each over several lines"
+)]
+fn caps_cases() -> [CapsCase; 10] {
+    const MAIN: &str = "/sys/fs/bpf/rasp-proxy";
+    const OTHER: &str = "/sys/fs/bpf/other";
+    const ROOT: &str = "0:0";
+    let case = |what, user, caps, seccomp_unconfined, pin_dir, args, expect| CapsCase {
+        what,
+        user,
+        caps,
+        seccomp_unconfined,
+        pin_dir,
+        args,
+        expect,
+    };
+    let attach: &'static [&'static str] = &["xdp", "attach", "--iface", "rpcaps0", "--mode", "native"];
+    let attach_other: &'static [&'static str] = &["xdp", "attach", "--iface", "rpcaps1"];
+    [
+        case(
+            "attach",
+            ROOT,
+            CAPABILITIES,
+            true,
+            MAIN,
+            attach,
+            Some("attached to rpcaps0"),
+        ),
+        case(
+            "ban",
+            ROOT,
+            CAPABILITIES,
+            true,
+            MAIN,
+            &["ban", "192.0.2.1", "--ttl", "1m"],
+            Some("banned 192.0.2.1"),
+        ),
+        case(
+            "re-attach (the next pod)",
+            ROOT,
+            CAPABILITIES,
+            true,
+            MAIN,
+            attach,
+            Some("replaced in the pinned link"),
+        ),
+        case(
+            "dump",
+            ROOT,
+            CAPABILITIES,
+            true,
+            MAIN,
+            &["maps", "dump", "bans", "--json"],
+            Some("192.0.2.1"),
+        ),
+        case(
+            "ban with CAP_BPF only",
+            ROOT,
+            "bpf",
+            true,
+            MAIN,
+            &["ban", "192.0.2.2", "--ttl", "1m"],
+            Some("banned"),
+        ),
+        case(
+            "attach without CAP_PERFMON",
+            ROOT,
+            "bpf,net_admin",
+            true,
+            OTHER,
+            attach_other,
+            None,
+        ),
+        case(
+            "attach without CAP_NET_ADMIN",
+            ROOT,
+            "bpf,perfmon",
+            true,
+            OTHER,
+            attach_other,
+            None,
+        ),
+        case(
+            "attach without CAP_BPF",
+            ROOT,
+            "net_admin,perfmon",
+            true,
+            OTHER,
+            attach_other,
+            None,
+        ),
+        case(
+            "dump, default seccomp profile",
+            ROOT,
+            CAPABILITIES,
+            false,
+            MAIN,
+            &["maps", "dump", "bans"],
+            None,
+        ),
+        case(
+            "dump as uid 65532",
+            "65532:65532",
+            CAPABILITIES,
+            true,
+            MAIN,
+            &["maps", "dump", "bans"],
+            None,
+        ),
+    ]
+}
+
+fn run_caps_case(case: &CapsCase, tag: &str, runtime: Option<&str>, bpffs: &Path) -> Result<()> {
+    let mut cmd = Command::new("podman");
+    if let Some(r) = runtime {
+        cmd.args(["--runtime", r]);
+    }
+    cmd.args([
+        "run",
+        "--rm",
+        "--read-only",
+        "--cap-drop=all",
+        "--security-opt",
+        "no-new-privileges",
+    ])
+    .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+    .arg(format!("--network=ns:/run/netns/{CAPS_NETNS}"))
+    .args(["--user", case.user, "--cap-add", case.caps, "--env"])
+    .arg(format!("RASP_PIN_DIR={}", case.pin_dir))
+    .arg("--volume")
+    .arg(format!("{}:/sys/fs/bpf", bpffs.display()));
+    if case.seccomp_unconfined {
+        cmd.args(["--security-opt", "seccomp=unconfined"]);
+    }
+    cmd.arg(tag).args(case.args);
+    let out = cmd.output().with_context(|| format!("starting {cmd:?}"))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first = text.lines().next().unwrap_or("").trim();
+    match case.expect {
+        Some(needle) => ensure!(
+            out.status.success() && text.contains(needle),
+            "{}: expected success printing {needle:?}, got {}: {text}",
+            case.what,
+            out.status
+        ),
+        None => ensure!(
+            !out.status.success(),
+            "{}: expected a refusal, but it succeeded: {text}",
+            case.what
+        ),
+    }
+    let verdict = if out.status.success() {
+        "ok     "
+    } else {
+        "refused"
+    };
+    println!(
+        "caps: {verdict} {:<42} uid {:<11} +{:<21} {first}",
+        case.what, case.user, case.caps
+    );
+    Ok(())
+}
+
+/// The network namespace, veth pair and bpffs mount of [`check_capabilities`], removed on drop.
+struct CapsScratch {
+    bpffs: std::path::PathBuf,
+}
+
+impl CapsScratch {
+    fn create(bpffs: &Path) -> Result<Self> {
+        // Left over from an interrupted run: start clean.
+        let _ = Command::new("umount").arg(bpffs).output();
+        let _ = Command::new("ip").args(["netns", "del", CAPS_NETNS]).output();
+        fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
+        let scratch = Self {
+            bpffs: bpffs.to_owned(),
+        };
+        super::run(Command::new("ip").args(["netns", "add", CAPS_NETNS]))?;
+        super::run(Command::new("ip").args([
+            "-n", CAPS_NETNS, "link", "add", "rpcaps0", "type", "veth", "peer", "name", "rpcaps1",
+        ]))?;
+        for dev in ["rpcaps0", "rpcaps1"] {
+            super::run(Command::new("ip").args(["-n", CAPS_NETNS, "link", "set", dev, "up"]))?;
+        }
+        super::run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(bpffs))?;
+        Ok(scratch)
+    }
+}
+
+impl Drop for CapsScratch {
+    fn drop(&mut self) {
+        // Deleting the namespace deletes the veth pair, which detaches the program; unmounting the private bpffs
+        // frees the pins and with them the maps.
+        let _ = Command::new("ip").args(["netns", "del", CAPS_NETNS]).status();
+        let _ = Command::new("umount").arg(&self.bpffs).status();
+    }
 }
 
 /// Runs a command and returns its stdout; a failure carries the command and its stderr.

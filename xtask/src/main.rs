@@ -36,7 +36,11 @@ enum Task {
     /// Run the demo: namespaces with a client and an attacker, the XDP program, a ban, and what the maps show.
     Demo,
     /// Build the container image (static musl binary, FROM scratch) with podman and check its binary starts.
-    Image,
+    Image {
+        /// Also run the XDP commands in it under the `DaemonSet`'s capabilities (root; netns, veth, bpffs).
+        #[arg(long)]
+        check_capabilities: bool,
+    },
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -73,7 +77,7 @@ fn main() -> Result<()> {
                 .env("RASP_PROXY_BIN", &bin)
                 .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
         }
-        Task::Image => image::build(&root),
+        Task::Image { check_capabilities } => image::build(&root, check_capabilities),
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;
             build_ebpf(&root)?;
