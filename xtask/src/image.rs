@@ -222,6 +222,7 @@ fn check_capabilities(root: &Path, tag: &str, runtime: Option<&str>) -> Result<(
     for case in &caps_cases() {
         run_caps_case(case, tag, runtime, &bpffs)?;
     }
+    daemon_drains_and_leaves_xdp(tag, runtime, &bpffs)?;
     let link = output(Command::new("ip").args(["-n", CAPS_NETNS, "-d", "link", "show", "rpcaps0"]))?;
     ensure!(
         link.contains("prog/xdp"),
@@ -401,6 +402,61 @@ fn run_caps_case(case: &CapsCase, tag: &str, runtime: Option<&str>, bpffs: &Path
     Ok(())
 }
 
+const CAPS_DAEMON: &str = "rasp-image-caps-daemon";
+
+/// The pod's main container: `rasp-proxy run` with the example config under the same settings, stopped the way
+/// the kubelet stops it (SIGTERM). It must drain and exit 0, and leave the XDP program attached.
+fn daemon_drains_and_leaves_xdp(tag: &str, runtime: Option<&str>, bpffs: &Path) -> Result<()> {
+    let podman = || {
+        let mut cmd = Command::new("podman");
+        if let Some(r) = runtime {
+            cmd.args(["--runtime", r]);
+        }
+        cmd
+    };
+    output(
+        podman()
+            .args([
+                "run",
+                "--detach",
+                "--name",
+                CAPS_DAEMON,
+                "--read-only",
+                "--cap-drop=all",
+            ])
+            .args([
+                "--security-opt",
+                "no-new-privileges",
+                "--security-opt",
+                "seccomp=unconfined",
+            ])
+            .args(["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"])
+            .arg(format!("--network=ns:/run/netns/{CAPS_NETNS}"))
+            .args(["--user", "0:0", "--cap-add", CAPABILITIES, "--volume"])
+            .arg(format!("{}:/sys/fs/bpf", bpffs.display()))
+            .args([tag, "run", "--config", IMAGE_CONFIG]),
+    )?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while !output(podman().args(["logs", CAPS_DAEMON]))?.contains("admin listening") {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "`rasp-proxy run` in the image did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    output(podman().args(["stop", "--time", "40", CAPS_DAEMON]))?;
+    let code = output(podman().args(["inspect", "--format", "{{.State.ExitCode}}", CAPS_DAEMON]))?;
+    let logs = output(podman().args(["logs", CAPS_DAEMON]))?;
+    output(podman().args(["rm", CAPS_DAEMON]))?;
+    ensure!(
+        code.trim() == "0" && logs.contains("draining") && logs.contains("\"stopped\""),
+        "`rasp-proxy run` did not drain and exit 0 on SIGTERM (exit code {}):\n{logs}",
+        code.trim()
+    );
+    println!("caps: ok      `rasp-proxy run` in the image: started, SIGTERM, drained, exit code 0");
+    Ok(())
+}
+
 /// The network namespace, veth pair and bpffs mount of [`check_capabilities`], removed on drop.
 struct CapsScratch {
     bpffs: std::path::PathBuf,
@@ -409,6 +465,9 @@ struct CapsScratch {
 impl CapsScratch {
     fn create(bpffs: &Path) -> Result<Self> {
         // Left over from an interrupted run: start clean.
+        let _ = Command::new("podman")
+            .args(["rm", "--force", CAPS_DAEMON])
+            .output();
         let _ = Command::new("umount").arg(bpffs).output();
         let _ = Command::new("ip").args(["netns", "del", CAPS_NETNS]).output();
         fs::create_dir_all(bpffs).with_context(|| format!("creating {}", bpffs.display()))?;
@@ -431,6 +490,9 @@ impl Drop for CapsScratch {
     fn drop(&mut self) {
         // Deleting the namespace deletes the veth pair, which detaches the program; unmounting the private bpffs
         // frees the pins and with them the maps.
+        let _ = Command::new("podman")
+            .args(["rm", "--force", CAPS_DAEMON])
+            .output();
         let _ = Command::new("ip").args(["netns", "del", CAPS_NETNS]).status();
         let _ = Command::new("umount").arg(&self.bpffs).status();
     }
