@@ -109,7 +109,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
 fn run_daemon(config_path: &std::path::Path) -> Result<(), Error> {
     let config = crate::config::Config::load(config_path)?;
     let _log_guard = crate::logging::init(config.log.security_file.as_deref())?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    // Signals and the admin endpoint only: the proxy's worker threads run their own runtimes.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Error::io("starting the async runtime", e))?;

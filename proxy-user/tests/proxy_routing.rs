@@ -317,3 +317,24 @@ async fn websocket_upgrade_passes_through() {
     let r = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut rest)).await;
     assert!(r.is_ok_and(|r| r.is_ok()), "the tunnel was closed");
 }
+
+#[tokio::test]
+async fn with_inspection_on_a_bounded_prefix_is_buffered_and_the_body_still_arrives_intact() {
+    let a = Upstream::start("a").await;
+    let p = TestProxy::start(&format!(
+        "[limits]\ninspect_body_bytes = 1024\n[inspection]\nmode = \"detect\"\n[[upstream]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[route]]\npath_prefix = \"/\"\nupstream = \"a\"\n",
+        a.addr
+    ))
+    .await;
+    for size in [0, 10, 1024, 1025, 5 * 1024 * 1024] {
+        let body = pattern(size);
+        let (s, _, echoed) = send(
+            Request::post(p.url("/echo-body"))
+                .body(Full::new(Bytes::from(body.clone())))
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(s, 200);
+        assert!(echoed[..] == body[..], "size {size}: body changed in transit");
+    }
+}

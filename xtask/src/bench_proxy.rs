@@ -142,11 +142,22 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     Ok(rows)
 }
 
-/// Kills the child when the benchmark step is over (or fails).
+/// Stops the child when the benchmark step is over (or fails). SIGTERM first: nginx's master stops its workers
+/// only when it is asked, while SIGKILL would orphan them.
 struct Guard(Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

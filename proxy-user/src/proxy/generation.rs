@@ -24,7 +24,9 @@ pub struct Generation {
     pub router: Router,
     /// One per `[[listener]]`, in file order; `None` for plain listeners.
     pub tls: Vec<Option<TlsAcceptor>>,
-    pub client: Client<HttpConnector, ProxyBody>,
+    /// One upstream client (connection pool) per worker thread, so a pooled connection is always driven by the
+    /// thread that uses it. Use [`Generation::client`].
+    clients: Vec<Client<HttpConnector, ProxyBody>>,
     pub server: auto::Builder<TokioExecutor>,
     pub subject_header: HeaderName,
     pub request_id_header: HeaderName,
@@ -57,12 +59,21 @@ impl Generation {
             number,
             router,
             tls,
-            client: upstream_client(&config.timeouts),
+            clients: (0..worker_count())
+                .map(|_| upstream_client(&config.timeouts))
+                .collect(),
             server: server_builder(&config.limits, &config.timeouts),
             subject_header,
             request_id_header,
             config: Arc::new(config),
         })
+    }
+
+    /// The calling worker thread's upstream client.
+    #[must_use]
+    pub fn client(&self) -> &Client<HttpConnector, ProxyBody> {
+        let i = WORKER_INDEX.with(std::cell::Cell::get);
+        &self.clients[i % self.clients.len()]
     }
 
     #[must_use]
@@ -74,6 +85,19 @@ impl Generation {
     pub fn timeouts(&self) -> &Timeouts {
         &self.config.timeouts
     }
+}
+
+thread_local! {
+    static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the calling thread as proxy worker `index` (see [`Generation::client`]).
+pub fn set_worker_index(index: usize) {
+    WORKER_INDEX.with(|w| w.set(index));
+}
+
+fn worker_count() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
 }
 
 fn header_name(key: &str, value: &str) -> Result<HeaderName, Error> {

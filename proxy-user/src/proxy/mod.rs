@@ -24,7 +24,10 @@ use std::{
 };
 
 use arc_swap::ArcSwap;
-use tokio::{net::TcpListener, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 pub use self::server::{ConnectionVerdict, SourceGate};
@@ -102,6 +105,9 @@ pub struct RunningProxy {
     pub listeners: Vec<SocketAddr>,
     pub admin: SocketAddr,
     tasks: JoinSet<()>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+    /// Cancelled once draining is over: the workers then drop their runtimes.
+    stopped: CancellationToken,
 }
 
 impl RunningProxy {
@@ -121,24 +127,56 @@ impl RunningProxy {
             );
             self.proxy.connections.close_all();
         }
+        self.stopped.cancel();
+        let workers = std::mem::take(&mut self.workers);
+        let _ = tokio::task::spawn_blocking(move || {
+            for w in workers {
+                let _ = w.join();
+            }
+        })
+        .await;
         self.tasks.abort_all();
         while self.tasks.join_next().await.is_some() {}
     }
 }
 
+impl Drop for RunningProxy {
+    fn drop(&mut self) {
+        // A handle dropped without `shutdown` (a finished test) must not leave worker threads serving.
+        self.proxy.shutdown.cancel();
+        self.proxy.connections.close_all();
+        self.stopped.cancel();
+    }
+}
+
 /// Loads the config, binds the listeners and the admin endpoint, and starts serving.
+///
+/// Thread per core, like nginx's workers: each worker thread runs its own single-threaded runtime with its own
+/// `SO_REUSEPORT` socket per listener, so a connection, its requests and its upstream connections stay on one
+/// thread and never pay for cross-thread wake-ups. The admin endpoint runs on the caller's runtime.
 pub async fn start(
     config_path: &Path,
     source_gate: Option<Arc<dyn SourceGate>>,
 ) -> Result<RunningProxy, Error> {
     let config = Config::load(config_path)?;
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
     let generation = Generation::build(config, 1)?;
-    let mut bound = Vec::new();
+    // sockets[w][i]: worker w's socket for listener i.
+    let mut sockets: Vec<Vec<TcpSocket>> = (0..workers).map(|_| Vec::new()).collect();
+    let mut listeners = Vec::new();
     for (i, l) in generation.config.listeners.iter().enumerate() {
-        let listener = TcpListener::bind(l.listen)
-            .await
-            .map_err(|e| Error::io(format!("binding listener[{i}] on {}", l.listen), e))?;
-        bound.push(listener);
+        let mut addr = l.listen;
+        for per_worker in &mut sockets {
+            let socket = reuseport_socket(addr)
+                .map_err(|e| Error::io(format!("binding listener[{i}] on {}", l.listen), e))?;
+            // With port 0 the first bind picks the port; the other workers join it.
+            addr = socket
+                .local_addr()
+                .map_err(|e| Error::io("reading a listener's address", e))?;
+            per_worker.push(socket);
+        }
+        tracing::info!(listener = i, %addr, tls = l.tls.is_some(), workers, "listening");
+        listeners.push(addr);
     }
     let admin_addr = generation.config.admin.listen;
     let admin = TcpListener::bind(admin_addr)
@@ -156,28 +194,93 @@ pub async fn start(
         request_prefix: random_u32(),
         reload_lock: Mutex::new(()),
     });
-    let mut tasks = JoinSet::new();
-    let mut listeners = Vec::new();
-    for (i, l) in bound.into_iter().enumerate() {
-        let addr = l
-            .local_addr()
-            .map_err(|e| Error::io("reading a listener's address", e))?;
-        tracing::info!(listener = i, %addr, tls = proxy.current.load().tls[i].is_some(), "listening");
-        listeners.push(addr);
-        tasks.spawn(server::serve_listener(proxy.clone(), i, l));
+    let stopped = CancellationToken::new();
+    let mut handles = Vec::new();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), Error>>();
+    for (w, per_worker) in sockets.into_iter().enumerate() {
+        let (proxy, stopped, ready) = (proxy.clone(), stopped.clone(), ready_tx.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("proxy-worker-{w}"))
+            .spawn(move || worker(w, &proxy, per_worker, &stopped, &ready))
+            .map_err(|e| Error::io("starting a worker thread", e))?;
+        handles.push(handle);
     }
+    drop(ready_tx);
     let admin_bound = admin
         .local_addr()
         .map_err(|e| Error::io("reading the admin address", e))?;
-    tracing::info!(addr = %admin_bound, "admin listening");
-    tasks.spawn(crate::admin::serve(proxy.clone(), admin));
-    proxy.ready.store(true, Ordering::Relaxed);
-    Ok(RunningProxy {
-        proxy,
+    // From here on, dropping `running` (on an error below) stops the workers.
+    let mut running = RunningProxy {
+        proxy: proxy.clone(),
         listeners,
         admin: admin_bound,
-        tasks,
+        tasks: JoinSet::new(),
+        workers: handles,
+        stopped,
+    };
+    let started = tokio::task::spawn_blocking(move || {
+        for _ in 0..workers {
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Err(Error::Other("a worker thread died while starting".into())),
+            }
+        }
+        Ok(())
     })
+    .await
+    .map_err(|e| Error::Other(format!("waiting for the worker threads: {e}")))?;
+    started?;
+    tracing::info!(addr = %admin_bound, "admin listening");
+    running.tasks.spawn(crate::admin::serve(proxy.clone(), admin));
+    proxy.ready.store(true, Ordering::Relaxed);
+    Ok(running)
+}
+
+fn reuseport_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
+/// One worker thread: a single-threaded runtime serving its share of every listener until `stopped`.
+fn worker(
+    index: usize,
+    proxy: &Arc<Proxy>,
+    sockets: Vec<TcpSocket>,
+    stopped: &CancellationToken,
+    ready: &std::sync::mpsc::Sender<Result<(), Error>>,
+) {
+    generation::set_worker_index(index);
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(Error::io("starting a worker runtime", e)));
+            return;
+        }
+    };
+    runtime.block_on(async {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            match socket.listen(1024) {
+                Ok(listener) => {
+                    tokio::spawn(server::serve_listener(proxy.clone(), i, listener));
+                }
+                Err(e) => {
+                    let _ = ready.send(Err(Error::io(format!("listening on listener[{i}]"), e)));
+                    return;
+                }
+            }
+        }
+        let _ = ready.send(Ok(()));
+        stopped.cancelled().await;
+    });
 }
 
 /// The daemon: starts, reloads on SIGHUP, drains on SIGTERM or ctrl-c.

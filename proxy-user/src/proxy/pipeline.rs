@@ -355,7 +355,7 @@ async fn upstream_request(
         kind,
     };
     let timeout = ctx.generation.timeouts().upstream_response;
-    match tokio::time::timeout(timeout, ctx.generation.client.request(req)).await {
+    match tokio::time::timeout(timeout, ctx.generation.client().request(req)).await {
         Ok(Ok(resp)) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
