@@ -1,6 +1,7 @@
 //! `cargo xtask`: what plain cargo cannot do — set-up, the eBPF build, privileged tests, benches, the demo.
 
 mod bench_proxy;
+mod image;
 mod setup;
 
 use std::{
@@ -34,6 +35,12 @@ enum Task {
     },
     /// Run the demo: namespaces with a client and an attacker, the XDP program, a ban, and what the maps show.
     Demo,
+    /// Build the container image (static musl binary, FROM scratch) with podman and check its binary starts.
+    Image {
+        /// Also run the XDP commands in it under the `DaemonSet`'s capabilities (root; netns, veth, bpffs).
+        #[arg(long)]
+        check_capabilities: bool,
+    },
     /// Benchmarks that print a table.
     Bench {
         #[command(subcommand)]
@@ -74,6 +81,7 @@ fn main() -> Result<()> {
             setup::install()?;
             bench_proxy::run(&root)
         }
+        Task::Image { check_capabilities } => image::build(&root, check_capabilities),
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;
             build_ebpf(&root)?;

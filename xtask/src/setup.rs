@@ -25,10 +25,21 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     "wrk",
     "nginx-light",
+    // The container image (`cargo xtask image`): a static musl build, podman, and runc where crun cannot run.
+    "musl-tools",
+    "podman",
+    "runc",
+    // `systemd-analyze verify` for the unit file test.
+    "systemd",
 ];
 
-/// Python modules the identity tests use to mint tokens with an independent JWT implementation.
-const PIP_PACKAGES: &[(&str, &str)] = &[("jwt", "pyjwt"), ("cryptography", "cryptography")];
+/// Python modules: `PyJWT` mints tokens with an independent JWT implementation; kubernetes-validate checks the
+/// manifests against the Kubernetes schemas offline.
+const PIP_PACKAGES: &[(&str, &str)] = &[
+    ("jwt", "pyjwt"),
+    ("cryptography", "cryptography"),
+    ("kubernetes_validate", "kubernetes-validate"),
+];
 
 pub fn install() -> Result<()> {
     apt()?;

@@ -10,7 +10,7 @@ use std::{
 
 use crate::Error;
 
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 const SYS_FS_BPF: &str = "/sys/fs/bpf";
 
 /// Whether `path` (which must exist) is on a bpffs.
@@ -22,8 +22,8 @@ pub fn is_bpffs(path: &Path) -> io::Result<bool> {
     if unsafe { libc::statfs(c.as_ptr(), &raw mut st) } != 0 {
         return Err(io::Error::last_os_error());
     }
-    // x86_64 only: `f_type` is an `i64` there (its type differs between architectures).
-    Ok(st.f_type == BPF_FS_MAGIC)
+    // `f_type` is `i64` with glibc and `u64` with musl (the static image's build), so widen it either way.
+    Ok(u64::try_from(st.f_type).is_ok_and(|t| t == BPF_FS_MAGIC))
 }
 
 /// Creates `dir` (and parents) on a bpffs, mounting one first if needed: at `/sys/fs/bpf` when `dir` lies
