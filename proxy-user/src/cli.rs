@@ -25,9 +25,14 @@ pub struct PinDirArg {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the payload inspector over request corpora (JSONL) and report detection and false-positive rates.
+    Eval(crate::eval::EvalArgs),
+}
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<(), Error> {
-    match cli.command {}
+    match cli.command {
+        Command::Eval(args) => crate::eval::run(&args),
+    }
 }

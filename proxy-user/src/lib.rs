@@ -4,7 +4,9 @@
 pub mod addr;
 pub mod cli;
 pub mod error;
+pub mod eval;
 pub mod event;
 pub mod identity;
+pub mod inspect;
 
 pub use error::Error;

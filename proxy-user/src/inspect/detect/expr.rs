@@ -1,0 +1,197 @@
+//! Code and expression injection into the application's own interpreters: PHP code and serialized objects,
+//! Java expression languages (`OGNL`, `SpEL`, `EL`) and serialized objects, Node.js prototype pollution and
+//! `child_process`, server-side templates, and XML external entities.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{Classes, Value, excerpt};
+use crate::{
+    event::{AttackCategory, Severity},
+    inspect::{Rule, Sink, extract::Field},
+};
+
+const PHP_CODE: Rule = Rule {
+    id: "php.code",
+    category: AttackCategory::Php,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const PHP_FUNCTION: Rule = Rule {
+    id: "php.dangerous_function",
+    category: AttackCategory::Php,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const PHP_OBJECT: Rule = Rule {
+    id: "php.serialized_object",
+    category: AttackCategory::Php,
+    severity: Severity::Error,
+    paranoia: 1,
+};
+const JAVA_EXPRESSION: Rule = Rule {
+    id: "java.expression",
+    category: AttackCategory::Java,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const JAVA_SERIALIZED: Rule = Rule {
+    id: "java.serialized_object",
+    category: AttackCategory::Java,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const NODE: Rule = Rule {
+    id: "nodejs.injection",
+    category: AttackCategory::Nodejs,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const PROTO: Rule = Rule {
+    id: "nodejs.prototype_pollution",
+    category: AttackCategory::Nodejs,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SSTI: Rule = Rule {
+    id: "other.template_injection",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const XXE: Rule = Rule {
+    id: "other.xxe",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const UTF7: Rule = Rule {
+    id: "other.utf7_markup",
+    category: AttackCategory::Other,
+    severity: Severity::Error,
+    paranoia: 1,
+};
+const GRAPHQL_INTROSPECTION: Rule = Rule {
+    id: "other.graphql_introspection",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SSI: Rule = Rule {
+    id: "other.ssi",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+
+static PHP_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*['\x22$_\w(]")
+        .ok()
+});
+static PHP_OBJECT_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r#"\b[oc]:\d+:"[\w\\]+":\d+:\{"#).ok());
+static JAVA_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"java\.lang\.(?:runtime|processbuilder|system|class|reflect)|getruntime\s*\(|processbuilder\s*\(|class\.forname\s*\(|#_memberaccess|#context\s*\[|%\{\s*[#(@]|\$\{\s*[#@(]|\bt\s*\(\s*java\.|new\s+java\.|@java\.lang|\.getclass\s*\(\s*\)\s*\.|xwork2\.|ognl\.|\$\{\s*(?:script|spring|applicationscope|pagecontext|facescontext|request\.getsession)|\.exec\s*\(\s*['\x22]|javax\.script|scriptenginemanager|com\.sun\.|org\.apache\.commons\.collections|com\.mchange\.v2|templatesimpl|jdbcrowsetimpl|bsh\.interpreter|groovy\.lang")
+        .ok()
+});
+static NODE_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"require\s*\(\s*['\x22`](?:child_process|fs|net|vm|os)['\x22`]\s*\)|child_process|process\.mainmodule|process\.binding|global\.process|\bprocess\.env\b|module\.constructor|\.constructor\s*\(\s*['\x22`]return|this\.constructor\.constructor|_load\s*\(\s*['\x22]|\bexecsync\s*\(|\bspawnsync\s*\(")
+        .ok()
+});
+static PROTO_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"__proto__|constructor\s*(?:\.|\[\s*['\x22]?)\s*prototype").ok());
+static SSTI_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\$\{\s*\d+\s*[*+]\s*\d+\s*\}|#\{\s*\d+\s*\*\s*\d+\s*\}|<%=?\s*\d+\s*\*\s*\d+\s*%>|\{\{.*(?:__class__|__mro__|__subclasses__|__globals__|__builtins__|__import__|config\.items|self\._|request\.application|lipsum|cycler|joiner|namespace)|\{%\s*(?:import|include|set|for|if|debug|php|exec)\b|<#assign|freemarker\.template|\$\{\s*(?:class|object)\.|#set\s*\(\s*\$|\*\{\s*t\s*\(|\{php\}|\{\$smarty")
+        .ok()
+});
+
+pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
+    let c = v.classes;
+    let s = v.lower;
+    if c.any(Classes::LT) {
+        for tag in ["<?php", "<?=", "<? "] {
+            if let Some(at) = s.find(tag) {
+                sink.report(&PHP_CODE, v.location, excerpt(v.text, at));
+            }
+        }
+        if let Some(at) = s.find("<!--#") {
+            let rest = &s[at + 5..];
+            if [
+                "exec", "include", "echo", "config", "printenv", "fsize", "flastmod", "set",
+            ]
+            .iter()
+            .any(|d| rest.starts_with(d))
+            {
+                sink.report(&SSI, v.location, excerpt(v.text, at));
+            }
+        }
+        if (s.contains("<!entity") || s.contains("<!doctype") && s.contains("system"))
+            && let Some(at) = s.find("<!entity").or_else(|| s.find("<!doctype"))
+        {
+            sink.report(&XXE, v.location, excerpt(v.text, at));
+        }
+        if let Some(at) = s.find("<xi:include") {
+            sink.report(&XXE, v.location, excerpt(v.text, at));
+        }
+    }
+    if c.any(Classes::PAREN) {
+        find(&PHP_FN_RE, &PHP_FUNCTION, v, sink);
+    }
+    if c.any(Classes::COLON) && c.any(Classes::BRACE) && c.any(Classes::QUOTE) {
+        find(&PHP_OBJECT_RE, &PHP_OBJECT, v, sink);
+    }
+    if c.any(Classes::DOT | Classes::HASH | Classes::BRACE) {
+        find(&JAVA_RE, &JAVA_EXPRESSION, v, sink);
+    }
+    if c.any(Classes::DOT | Classes::PAREN) {
+        find(&NODE_RE, &NODE, v, sink);
+    }
+    if c.any(Classes::DOT | Classes::BRACE) || s.contains("__proto__") {
+        find(&PROTO_RE, &PROTO, v, sink);
+    }
+    if c.any(Classes::BRACE | Classes::LT | Classes::HASH) {
+        find(&SSTI_RE, &SSTI, v, sink);
+    }
+    // Java serialization stream magic, raw hex or base64 (`rO0AB` is case-sensitive).
+    if let Some(at) = s.find("aced0005").or_else(|| v.text.find("rO0AB")) {
+        sink.report(&JAVA_SERIALIZED, v.location, excerpt(v.text, at));
+    }
+    if c.any(Classes::OP) && c.any(Classes::DASH) {
+        for marker in ["+adw-", "+ad4-", "+aci-", "+acc-"] {
+            if let Some(at) = s.find(marker) {
+                sink.report(&UTF7, v.location, excerpt(v.text, at));
+                break;
+            }
+        }
+    }
+    if let Some(at) = s.find("__schema") {
+        let rest = s[at + 8..].trim_start();
+        if rest.starts_with('{') {
+            sink.report(&GRAPHQL_INTROSPECTION, v.location, excerpt(v.text, at));
+        }
+    }
+}
+
+fn find(re: &LazyLock<Option<Regex>>, rule: &Rule, v: &Value<'_>, sink: &mut Sink<'_>) {
+    if !sink.enabled(rule) {
+        return;
+    }
+    if let Some(m) = re.as_ref().and_then(|re| re.find(v.lower)) {
+        sink.report(rule, v.location, excerpt(v.text, m.start()));
+    }
+}
+
+/// Document-level XML rules: external entities and `XInclude`, in any encoding declaration.
+pub(super) fn scan_xml_document(field: &Field<'_>, sink: &mut Sink<'_>) {
+    let head = &field.raw[..field.raw.len().min(64 * 1024)];
+    let lower = String::from_utf8_lossy(head).to_ascii_lowercase();
+    let external = lower.contains("<!entity") && (lower.contains("system") || lower.contains("public"));
+    if external || lower.contains("<xi:include") || lower.contains("+adwaiq-entity") {
+        sink.report(
+            &XXE,
+            field.location,
+            excerpt(&lower, lower.find("<!").unwrap_or(0)),
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! The detectors. [`scan_field`] decodes one field and hands it to each detector whose trigger characters
+//! the value contains: most real values (ids, names, timestamps) contain none and cost one table scan.
+
+mod cmdi;
+mod expr;
+mod jndi;
+pub(crate) mod protocol;
+mod sqli;
+mod ssrf;
+mod traversal;
+mod xss;
+
+use super::{
+    Policy, Sink,
+    decode::{self, Normalized},
+    extract::{Field, FieldKind},
+};
+
+/// Character classes present in a value, computed in one pass; each detector gates on the ones it needs.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Classes(u32);
+
+impl Classes {
+    pub const QUOTE: u32 = 1; // ' " `
+    pub const LT: u32 = 1 << 1; // <
+    pub const PAREN: u32 = 1 << 2; // ( )
+    pub const SEMI: u32 = 1 << 3; // ;
+    pub const PIPE: u32 = 1 << 4; // |
+    pub const AMP: u32 = 1 << 5; // &
+    pub const DOLLAR: u32 = 1 << 6; // $
+    pub const BACKTICK: u32 = 1 << 7; // `
+    pub const DOT: u32 = 1 << 8; // .
+    pub const SLASH: u32 = 1 << 9; // / \
+    pub const COLON: u32 = 1 << 10; // :
+    pub const BRACE: u32 = 1 << 11; // { }
+    pub const EQ: u32 = 1 << 12; // =
+    pub const HASH: u32 = 1 << 13; // #
+    pub const DASH: u32 = 1 << 14; // -
+    pub const SPACE: u32 = 1 << 15; // whitespace
+    pub const NEWLINE: u32 = 1 << 16; // \r \n
+    pub const STAR: u32 = 1 << 17; // *
+    pub const AT: u32 = 1 << 18; // @
+    pub const OP: u32 = 1 << 19; // + ! ^ ~ > , %
+    pub const DIGIT: u32 = 1 << 20;
+    pub const ALPHA: u32 = 1 << 21;
+
+    fn of(s: &[u8]) -> Self {
+        let mut m = 0;
+        for &b in s {
+            m |= CLASS_TABLE[usize::from(b)];
+        }
+        Self(m)
+    }
+
+    pub(crate) const fn any(self, mask: u32) -> bool {
+        self.0 & mask != 0
+    }
+}
+
+const CLASS_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        #[expect(clippy::cast_possible_truncation, reason = "i < 256")]
+        let b = i as u8;
+        t[i] = match b {
+            b'\'' | b'"' => Classes::QUOTE,
+            b'`' => Classes::QUOTE | Classes::BACKTICK,
+            b'<' => Classes::LT,
+            b'(' | b')' => Classes::PAREN,
+            b';' => Classes::SEMI,
+            b'|' => Classes::PIPE,
+            b'&' => Classes::AMP,
+            b'$' => Classes::DOLLAR,
+            b'.' => Classes::DOT,
+            b'/' | b'\\' => Classes::SLASH,
+            b':' => Classes::COLON,
+            b'{' | b'}' => Classes::BRACE,
+            b'=' => Classes::EQ,
+            b'#' => Classes::HASH,
+            b'-' => Classes::DASH,
+            b' ' | b'\t' | 0x0B | 0x0C => Classes::SPACE,
+            b'\r' | b'\n' => Classes::NEWLINE | Classes::SPACE,
+            b'*' => Classes::STAR,
+            b'@' => Classes::AT,
+            b'+' | b'!' | b'^' | b'~' | b'>' | b',' | b'%' => Classes::OP,
+            b'0'..=b'9' => Classes::DIGIT,
+            b'a'..=b'z' | b'A'..=b'Z' | b'_' => Classes::ALPHA,
+            _ => 0,
+        };
+        i += 1;
+    }
+    t
+};
+
+/// One decoded value, as every detector receives it.
+pub(crate) struct Value<'a> {
+    pub location: &'a str,
+    pub kind: FieldKind,
+    pub text: &'a str,
+    /// `text` ASCII-lowercased.
+    pub lower: &'a str,
+    pub classes: Classes,
+}
+
+/// Characters that never start or carry an attack on their own: a value of only these (an id, a number, a
+/// slug, a timestamp) is skipped without decoding. `..` (traversal) and `__` (`__proto__`) are the exceptions
+/// built from them.
+fn is_plain(raw: &[u8]) -> bool {
+    raw.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@'))
+        && memchr::memmem::find(raw, b"..").is_none()
+        && memchr::memmem::find(raw, b"__").is_none()
+}
+
+/// Decodes one field and runs the relevant detectors on it.
+pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
+    if field.kind == FieldKind::XmlDocument {
+        expr::scan_xml_document(field, sink);
+        return;
+    }
+    if field.raw.len() < 2 || is_plain(field.raw) {
+        return;
+    }
+    let Normalized { text, lower, flags } = decode::normalize(field.raw, policy.max_value_bytes);
+    let v = Value {
+        location: field.location,
+        kind: field.kind,
+        text: &text,
+        lower: &lower,
+        classes: Classes::of(lower.as_bytes()),
+    };
+    protocol::decode_anomalies(&v, flags, sink);
+    protocol::crlf(&v, sink);
+    if field.kind == FieldKind::UserAgent {
+        protocol::scanner(&v, sink);
+    }
+    sqli::scan(&v, sink);
+    xss::scan(&v, sink);
+    cmdi::scan(&v, sink);
+    traversal::scan(&v, sink);
+    if field.kind != FieldKind::Referer {
+        ssrf::scan(&v, sink);
+    }
+    jndi::scan(&v, sink);
+    expr::scan(&v, sink);
+}
+
+/// A short excerpt around byte `at` of `text`, on char boundaries.
+pub(crate) fn excerpt(text: &str, at: usize) -> &str {
+    let mut start = at.saturating_sub(16).min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (at + 64).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
+    &text[start..end]
+}
+
+/// Start of the run of ASCII bytes satisfying `keep` that ends at `at`: always a char boundary, since the
+/// run holds only ASCII.
+pub(crate) fn run_start(s: &str, at: usize, keep: impl Fn(u8) -> bool) -> usize {
+    let b = s.as_bytes();
+    let mut i = at.min(b.len());
+    while i > 0 && b[i - 1].is_ascii() && keep(b[i - 1]) {
+        i -= 1;
+    }
+    i
+}

@@ -1,0 +1,209 @@
+//! Path traversal and local file inclusion: `..` segments (after every decoding, so `%2e%2e%2f`,
+//! `..%c0%af`, `....//` and `..\` are all seen), absolute paths to well-known sensitive files, and PHP stream
+//! wrappers that read files (`php://filter`). One `../` in a value is common in legitimate relative links, so
+//! alone it scores below the default threshold.
+
+use super::{Classes, Value, excerpt, run_start};
+use crate::{
+    event::{AttackCategory, Severity},
+    inspect::{Rule, Sink, decode::normalize_path, extract::FieldKind},
+};
+
+const DOT_DOT: Rule = Rule {
+    id: "traversal.dot_dot",
+    category: AttackCategory::Traversal,
+    severity: Severity::Warning,
+    paranoia: 1,
+};
+const DEEP: Rule = Rule {
+    id: "traversal.deep",
+    category: AttackCategory::Traversal,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SENSITIVE_FILE: Rule = Rule {
+    id: "traversal.sensitive_file",
+    category: AttackCategory::Traversal,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const WRAPPER: Rule = Rule {
+    id: "traversal.stream_wrapper",
+    category: AttackCategory::Traversal,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const PATH_ESCAPE: Rule = Rule {
+    id: "traversal.path_escape",
+    category: AttackCategory::Traversal,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+
+/// Files read to prove a traversal: system accounts, process environment, Windows system files, app secrets.
+const SENSITIVE: &[&str] = &[
+    "etc/passwd",
+    "etc/shadow",
+    "etc/group",
+    "etc/hosts",
+    "etc/issue",
+    "etc/motd",
+    "etc/hostname",
+    "etc/crontab",
+    "etc/sudoers",
+    "etc/mysql",
+    "etc/httpd",
+    "etc/apache",
+    "etc/nginx",
+    "etc/ssh",
+    "etc/fstab",
+    "etc/profile",
+    "etc/resolv.conf",
+    "etc/security",
+    "etc/master.passwd",
+    "proc/self",
+    "proc/version",
+    "proc/cpuinfo",
+    "proc/net",
+    "proc/mounts",
+    "win.ini",
+    "boot.ini",
+    "system.ini",
+    "windows/system32",
+    "winnt/system32",
+    "system32/drivers",
+    "web-inf/web.xml",
+    "web-inf/",
+    "meta-inf/",
+    ".htaccess",
+    ".htpasswd",
+    ".bash_history",
+    ".ssh/id_rsa",
+    ".ssh/authorized_keys",
+    "id_rsa",
+    ".git/config",
+    ".git/head",
+    ".svn/entries",
+    "wp-config.php",
+    "var/log/",
+    "var/www/",
+    "usr/local/",
+    "boot/grub",
+    "inetpub/",
+    "autoexec.bat",
+    "config.sys",
+    "php.ini",
+    "my.cnf",
+    "httpd.conf",
+    "applicationhost.config",
+    "web.config",
+    "/.env",
+    "localstart.asp",
+    "sam",
+];
+
+pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
+    let c = v.classes;
+    if !c.any(Classes::SLASH | Classes::DOT | Classes::COLON) {
+        return;
+    }
+    if v.kind == FieldKind::Path {
+        let (_, escaped) = normalize_path(v.text);
+        if escaped {
+            sink.report(&PATH_ESCAPE, v.location, excerpt(v.text, 0));
+        }
+    }
+    let s = v.lower.as_bytes();
+    let mut hops = 0;
+    let mut first = None;
+    let mut i = 0;
+    while let Some(off) = memchr::memmem::find(&s[i..], b"..") {
+        let at = i + off;
+        let mut end = at + 2;
+        // `....//` and `.../` collapse to `../` in naive filters.
+        while s.get(end) == Some(&b'.') {
+            end += 1;
+        }
+        let before_ok = at == 0
+            || matches!(
+                s[at - 1],
+                b'/' | b'\\' | b'=' | b' ' | b'\'' | b'"' | b':' | b';' | b'|'
+            );
+        let after_sep = matches!(s.get(end), Some(b'/' | b'\\'))
+            || (end == s.len() && at > 0 && matches!(s[at - 1], b'/' | b'\\'));
+        if before_ok && after_sep {
+            hops += 1;
+            first.get_or_insert(at);
+        }
+        i = end;
+    }
+    let sensitive = SENSITIVE.iter().find_map(|f| find_file(v.lower, f));
+    if let Some(at) = first {
+        let rule = if hops >= 2 || sensitive.is_some() {
+            &DEEP
+        } else {
+            &DOT_DOT
+        };
+        sink.report(rule, v.location, excerpt(v.text, at));
+    }
+    if let Some(at) = sensitive {
+        // An absolute path or one reached by traversal; a file name mentioned in prose (`my.cnf`) is not.
+        let start = run_start(v.lower, at, |ch| {
+            ch.is_ascii_alphanumeric() || matches!(ch, b'/' | b'\\' | b'.' | b':' | b'_' | b'-')
+        });
+        let token = &v.lower[start..];
+        let absolute = token.starts_with('/')
+            || token.starts_with('\\')
+            || token.get(1..3).is_some_and(|t| t == ":\\" || t == ":/")
+            || token.starts_with("file:")
+            || first.is_some();
+        if absolute {
+            sink.report(&SENSITIVE_FILE, v.location, excerpt(v.text, at));
+        }
+    }
+    if c.any(Classes::COLON) {
+        for w in [
+            "php://",
+            "zip://",
+            "phar://",
+            "expect://",
+            "glob://",
+            "data://",
+            "compress.zlib://",
+            "zlib:",
+            "file:/",
+            "jar:file:",
+            "ogg://",
+            "ssh2.",
+            "rar://",
+        ] {
+            if let Some(at) = v.lower.find(w) {
+                let wrapper_start = at == 0 || !v.lower.as_bytes()[at - 1].is_ascii_alphanumeric();
+                if wrapper_start {
+                    sink.report(&WRAPPER, v.location, excerpt(v.text, at));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Where `file` occurs in `lower` as a path (preceded by a separator or at the start, and ending at a
+/// boundary), so `etc/passwd` matches in `/etc/passwd` but `sam` does not match `sample`.
+fn find_file(lower: &str, file: &str) -> Option<usize> {
+    let b = lower.as_bytes();
+    let mut from = 0;
+    while let Some(off) = lower[from..].find(file) {
+        let at = from + off;
+        from = at + 1;
+        let first = file.as_bytes()[0];
+        let before_ok = at == 0 || matches!(b[at - 1], b'/' | b'\\') || matches!(first, b'/' | b'.');
+        let end = at + file.len();
+        let after_ok =
+            end >= b.len() || file.ends_with('/') || !(b[end].is_ascii_alphanumeric() || b[end] == b'_');
+        if before_ok && after_ok && (file != "sam" || lower[..at].ends_with("config/")) {
+            return Some(at);
+        }
+    }
+    None
+}
