@@ -72,7 +72,7 @@ pub fn normalize(input: &[u8], max: usize) -> Normalized {
             if matches!(s, Cow::Owned(_)) {
                 flags.invalid_utf8 = true;
             }
-            let nfkc: String = s.nfkc().collect();
+            let nfkc: String = s.nfkc().map(fold_confusable).collect();
             if nfkc.as_bytes() != &*cur {
                 cur = Cow::Owned(nfkc.into_bytes());
                 changed = true;
@@ -97,6 +97,17 @@ pub fn normalize(input: &[u8], max: usize) -> Normalized {
     let text = String::from_utf8_lossy(&cur).into_owned();
     let lower = text.to_ascii_lowercase();
     Normalized { text, lower, flags }
+}
+
+/// Separators and dots that compatibility normalisation leaves alone but that lenient servers (IIS, some
+/// Java containers, best-fit code-page conversion) turn into their ASCII look-alikes.
+fn fold_confusable(c: char) -> char {
+    match c {
+        '\u{2215}' | '\u{2044}' | '\u{EFC8}' | '\u{F025}' | '\u{29F8}' => '/',
+        '\u{2216}' | '\u{29F9}' | '\u{FE68}' | '\u{F05C}' => '\\',
+        '\u{2024}' | '\u{F02E}' => '.',
+        _ => c,
+    }
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -216,6 +227,10 @@ pub fn fold_overlong(input: &[u8]) -> Option<Vec<u8>> {
                 char::from_u32(cp).unwrap_or(char::REPLACEMENT_CHARACTER),
             );
             i += len;
+            changed = true;
+        } else if matches!(b, 0xC0 | 0xC1) {
+            // A lead byte that can never start valid UTF-8, alone: lenient decoders drop it (`%C0.` is `.`).
+            i += 1;
             changed = true;
         } else {
             out.push(b);

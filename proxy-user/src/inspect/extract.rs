@@ -132,12 +132,14 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
                 kind: FieldKind::Body,
             }),
         }
-    } else if (mime.contains("json") || (mime.is_empty() && body.trim_ascii_start().first() == Some(&b'{')))
+    } else if (mime.contains("json") || matches!(body.trim_ascii_start().first(), Some(b'{' | b'[')))
         && json::walk(body, policy.max_json_depth, &mut loc, f).is_ok()
     {
-        // Walked as JSON.
+        // Walked as JSON (whatever the declared type: beacons often send JSON as text/plain).
     } else if mime.contains("xml") {
         walk_xml(body, f);
+    } else if looks_like_form(body) {
+        walk_form(body, "form:", &mut loc, f);
     } else {
         f(Field {
             location: "body",
@@ -145,6 +147,18 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
             kind: FieldKind::Body,
         });
     }
+}
+
+/// An undeclared body shaped like `name=value&…`: walked as a form, as the application's framework would.
+fn looks_like_form(body: &[u8]) -> bool {
+    let Some(eq) = memchr::memchr(b'=', &body[..body.len().min(256)]) else {
+        return false;
+    };
+    eq > 0
+        && body[..eq]
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']' | b'%'))
+        && !body.contains(&b'\n')
 }
 
 /// `a=1&b=2` (query strings and form bodies): names and values, `+` as space, percent-decoded once.
@@ -458,15 +472,7 @@ mod json {
                         }
                     }
                 }
-                b'"' => {
-                    let v = self.string()?;
-                    f(Field {
-                        location: loc,
-                        raw: &v,
-                        kind: FieldKind::Value,
-                    });
-                    Ok(())
-                }
+                b'"' => self.string_value(loc, depth, f),
                 _ => {
                     let start = self.i;
                     while self.i < self.s.len()
@@ -483,6 +489,44 @@ mod json {
                     if ok { Ok(()) } else { Err(Invalid) }
                 }
             }
+        }
+
+        /// A string value: JSON encoded inside a JSON string (log shippers, analytics beacons) is walked as
+        /// JSON, so each inner value is inspected in its own context rather than as one blob.
+        fn string_value(
+            &mut self,
+            loc: &mut String,
+            depth: usize,
+            f: &mut dyn FnMut(Field<'_>),
+        ) -> Result<(), Invalid> {
+            let v = self.string()?;
+            let t = v.trim_ascii();
+            let nested = matches!(
+                (t.first(), t.last()),
+                (Some(b'{'), Some(b'}')) | (Some(b'['), Some(b']'))
+            ) && depth < self.max_depth;
+            if nested {
+                let keep = loc.len();
+                let mut inner = Parser {
+                    s: t,
+                    i: 0,
+                    max_depth: self.max_depth,
+                };
+                let ok = inner.value(loc, depth + 1, f).is_ok() && {
+                    inner.ws();
+                    inner.i == t.len()
+                };
+                loc.truncate(keep);
+                if ok {
+                    return Ok(());
+                }
+            }
+            f(Field {
+                location: loc,
+                raw: &v,
+                kind: FieldKind::Value,
+            });
+            Ok(())
         }
 
         /// A string starting at the opening quote; borrowed unless it has escapes.

@@ -267,11 +267,9 @@ const WORDLIKE: &[&str] = &[
 )]
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
-    if c.any(Classes::PAREN)
-        && c.any(Classes::BRACE)
-        && let Some(at) = v.lower.find("() {")
-    {
-        sink.report(&SHELLSHOCK, v.location, excerpt(v.text, at));
+    // Shellshock: a function definition is the whole value of a header or variable bash imports.
+    if c.any(Classes::PAREN) && c.any(Classes::BRACE) && v.lower.trim_start().starts_with("() {") {
+        sink.report(&SHELLSHOCK, v.location, excerpt(v.text, 0));
     }
     if c.any(Classes::SLASH) {
         shell_path(v, sink);
@@ -304,25 +302,14 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         {
             let wordlike = WORDLIKE.contains(&word.as_str());
             let looks_like_args = arg.first().is_some_and(|&a| {
-                matches!(
-                    a,
-                    b'-' | b'/'
-                        | b'.'
-                        | b'$'
-                        | b'\\'
-                        | b'`'
-                        | b'|'
-                        | b';'
-                        | b'&'
-                        | b'>'
-                        | b'<'
-                        | b'\''
-                        | b'"'
-                )
-            }) || (arg.is_empty() && !wordlike)
-                || arg.first().is_some_and(u8::is_ascii_digit);
+                matches!(a, b'-' | b'/' | b'$' | b'\\' | b'`' | b'>' | b'<' | b'\'' | b'"')
+                    || a.is_ascii_digit()
+            }) || (arg.is_empty() && !wordlike);
+            let line_break = matches!(b, b'\n' | b'\r');
             let counts = if strong {
                 !wordlike || looks_like_args || arg.is_empty()
+            } else if line_break {
+                !wordlike && looks_like_args
             } else {
                 looks_like_args
             };

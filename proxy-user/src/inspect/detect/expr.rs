@@ -86,7 +86,7 @@ const SSI: Rule = Rule {
 };
 
 static PHP_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*['\x22$_\w(]")
+    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*(?:['\x22$]|\)|\w+\s*\()")
         .ok()
 });
 static PHP_OBJECT_RE: LazyLock<Option<Regex>> =
@@ -169,6 +169,16 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let rest = s[at + 8..].trim_start();
         if rest.starts_with('{') {
             sink.report(&GRAPHQL_INTROSPECTION, v.location, excerpt(v.text, at));
+        }
+    }
+}
+
+/// Server-side code in binary content: PHP or JSP hidden in an image or archive upload.
+pub(super) fn scan_code(v: &Value<'_>, sink: &mut Sink<'_>) {
+    for tag in ["<?php", "<?=", "<%@", "<%=", "<% "] {
+        if let Some(at) = v.lower.find(tag) {
+            sink.report(&PHP_CODE, v.location, excerpt(v.text, at));
+            return;
         }
     }
 }

@@ -113,6 +113,37 @@ fn is_plain(raw: &[u8]) -> bool {
         && memchr::memmem::find(raw, b"__").is_none()
 }
 
+/// Binary content: a well-known binary file signature, or a long value with control bytes that no text
+/// format uses. Short values with control bytes are attack payloads far more often than data.
+fn is_binary(raw: &[u8]) -> bool {
+    const MAGIC: &[&[u8]] = &[
+        b"GIF8",
+        b"\x89PNG",
+        b"\xFF\xD8\xFF",
+        b"\x1F\x8B",
+        b"PK\x03\x04",
+        b"%PDF-",
+        b"RIFF",
+        b"\x78\x9C",
+        b"\x78\xDA",
+        b"BM",
+        b"\x00\x00\x01\x00",
+        b"wOFF",
+        b"wOF2",
+        b"\x00asm",
+        b"7z\xBC\xAF",
+    ];
+    if MAGIC.iter().any(|m| raw.starts_with(m)) && raw.len() >= 16 {
+        return true;
+    }
+    let head = &raw[..raw.len().min(1024)];
+    let control = head
+        .iter()
+        .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C))
+        .count();
+    raw.len() >= 256 && control * 20 > head.len()
+}
+
 /// Decodes one field and runs the relevant detectors on it.
 pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
     if field.kind == FieldKind::XmlDocument {
@@ -120,6 +151,20 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
         return;
     }
     if field.raw.len() < 2 || is_plain(field.raw) {
+        return;
+    }
+    if matches!(field.kind, FieldKind::Body | FieldKind::Value) && is_binary(field.raw) {
+        // Images, archives, compressed beacons: only code smuggled into them (polyglot uploads) matters.
+        let text = String::from_utf8_lossy(&field.raw[..field.raw.len().min(policy.max_value_bytes)]);
+        let lower = text.to_ascii_lowercase();
+        let v = Value {
+            location: field.location,
+            kind: field.kind,
+            text: &text,
+            lower: &lower,
+            classes: Classes::of(lower.as_bytes()),
+        };
+        expr::scan_code(&v, sink);
         return;
     }
     let Normalized { text, lower, flags } = decode::normalize(field.raw, policy.max_value_bytes);

@@ -172,14 +172,27 @@ pub(crate) fn decode_anomalies(v: &Value<'_>, flags: DecodeFlags, sink: &mut Sin
     if flags.null_byte && in_url_or_header {
         sink.report(&NULL_BYTE, v.location, excerpt(v.text, 0));
     }
-    if flags.double_encoded {
+    // URLs carried inside values (redirect targets, analytics beacons) legitimately nest encodings.
+    if flags.double_encoded && matches!(v.kind, FieldKind::Path | FieldKind::Cookie)
+        || flags.double_encoded && v.location.starts_with("query:") && !v.text.contains("://")
+    {
         sink.report(&DOUBLE_ENCODING, v.location, excerpt(v.text, 0));
     }
 }
 
 /// CR or LF followed by something shaped like a header line: response splitting and header injection.
+///
+/// Only values that can reach a response header count (path, query, cookies, headers): a line starting
+/// `Host:` in a JSON or form text field is just text.
 pub(crate) fn crlf(v: &Value<'_>, sink: &mut Sink<'_>) {
     if !v.classes.any(Classes::NEWLINE) || !v.classes.any(Classes::COLON) {
+        return;
+    }
+    let reaches_headers = !matches!(
+        v.kind,
+        FieldKind::Value | FieldKind::Name | FieldKind::Body | FieldKind::Filename
+    ) || v.location.starts_with("query:");
+    if !reaches_headers {
         return;
     }
     let s = v.lower.as_bytes();
@@ -188,7 +201,7 @@ pub(crate) fn crlf(v: &Value<'_>, sink: &mut Sink<'_>) {
             continue;
         }
         let mut j = i + 1;
-        while j < s.len() && matches!(s[j], b'\r' | b'\n' | b' ' | b'\t') {
+        while j < s.len() && matches!(s[j], b'\r' | b'\n') {
             j += 1;
         }
         let name_start = j;

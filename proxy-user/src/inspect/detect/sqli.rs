@@ -78,8 +78,12 @@ static ERROR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"\b(?:extractvalue|updatexml|xmltype|utl_inaddr\s*\.\s*get_host_\w+|ctxsys\s*\.\s*drithsx\s*\.\s*sn|exp\s*\(\s*~|geometrycollection|multipoint|multilinestring|multipolygon|linestring|polygon)\s*\(")
         .ok()
 });
-static UNION_RE: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\b").ok());
+static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
+    )
+    .ok()
+});
 static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"['\d)]\s*;\s*(?:drop|insert|update|delete|exec|execute|declare|shutdown|create|alter|truncate|select)\s+[\w@(*]",

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use super::{Classes, Value, excerpt, run_start};
 use crate::{
     event::{AttackCategory, Severity},
-    inspect::{Rule, Sink},
+    inspect::{Rule, Sink, extract::FieldKind},
 };
 
 const INTERNAL: Rule = Rule {
@@ -88,6 +88,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         // RFI: a value that *is* a URL to a script or text file ending in `?` (the include trick that cuts
         // off the appended extension), or a script URL followed by a query carrying a command.
         if scheme_start == 0
+            && v.kind == FieldKind::Value
             && matches!(scheme, "http" | "https" | "ftp")
             && (s.ends_with('?') || s.ends_with("?%00"))
         {

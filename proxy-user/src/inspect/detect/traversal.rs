@@ -33,6 +33,12 @@ const WRAPPER: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const OBFUSCATED: Rule = Rule {
+    id: "traversal.obfuscated_path",
+    category: AttackCategory::Traversal,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const PATH_ESCAPE: Rule = Rule {
     id: "traversal.path_escape",
     category: AttackCategory::Traversal,
@@ -102,6 +108,23 @@ const SENSITIVE: &[&str] = &[
     "sam",
 ];
 
+/// Sensitive paths that never occur in legitimate parameters, in any context.
+const UNMISTAKABLE: &[&str] = &[
+    "etc/passwd",
+    "etc/shadow",
+    "etc/master.passwd",
+    "win.ini",
+    "boot.ini",
+    "proc/self/environ",
+    "proc/self/cmdline",
+    "web-inf/web.xml",
+    ".htpasswd",
+    ".htaccess",
+    "windows/system32/",
+    "system32/drivers/etc",
+    "etc/sudoers",
+];
+
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
     if !c.any(Classes::SLASH | Classes::DOT | Classes::COLON) {
@@ -113,7 +136,9 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             sink.report(&PATH_ESCAPE, v.location, excerpt(v.text, 0));
         }
     }
-    let s = v.lower.as_bytes();
+    let unmangled = unmangle_separators(v.lower);
+    let lower: &str = &unmangled;
+    let s = lower.as_bytes();
     let mut hops = 0;
     let mut first = None;
     let mut i = 0;
@@ -129,7 +154,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
                 s[at - 1],
                 b'/' | b'\\' | b'=' | b' ' | b'\'' | b'"' | b':' | b';' | b'|'
             );
-        let after_sep = matches!(s.get(end), Some(b'/' | b'\\'))
+        let after_sep = matches!(s.get(end), Some(b'/' | b'\\' | b'%'))
             || (end == s.len() && at > 0 && matches!(s[at - 1], b'/' | b'\\'));
         if before_ok && after_sep {
             hops += 1;
@@ -137,52 +162,84 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         }
         i = end;
     }
-    let sensitive = SENSITIVE.iter().find_map(|f| find_file(v.lower, f));
+    // Windows separators compare as `/` for the file lists (same byte offsets: one ASCII byte for another).
+    let slashed = if v.classes.any(Classes::SLASH) && lower.contains('\\') {
+        std::borrow::Cow::Owned(lower.replace('\\', "/"))
+    } else {
+        std::borrow::Cow::Borrowed(lower)
+    };
+    let sensitive = SENSITIVE.iter().find_map(|f| find_file(&slashed, f));
+    // Files whose very name is the proof of an attempt: matched wherever they appear, since separators
+    // before them may be spelled in ways no decoder knows (`..0x2fetc/passwd`).
+    if let Some(at) = UNMISTAKABLE.iter().find_map(|f| slashed.find(f)) {
+        sink.report(&SENSITIVE_FILE, v.location, excerpt(lower, at));
+    }
     if let Some(at) = first {
         let rule = if hops >= 2 || sensitive.is_some() {
             &DEEP
         } else {
             &DOT_DOT
         };
-        sink.report(rule, v.location, excerpt(v.text, at));
+        sink.report(rule, v.location, excerpt(lower, at));
+    }
+    // With a traversal present, a sensitive name anywhere (`..\\etc\\issue%00.html`) settles it.
+    if first.is_some()
+        && sensitive.is_none()
+        && SENSITIVE
+            .iter()
+            .filter(|f| f.len() >= 6)
+            .any(|f| slashed.contains(f))
+    {
+        sink.report(&DEEP, v.location, excerpt(lower, first.unwrap_or(0)));
+    }
+    if sensitive.is_none()
+        && !v.classes.any(Classes::SPACE)
+        && let Some(at) = obfuscated_sensitive_path(lower)
+    {
+        sink.report(&OBFUSCATED, v.location, excerpt(lower, at));
     }
     if let Some(at) = sensitive {
         // An absolute path or one reached by traversal; a file name mentioned in prose (`my.cnf`) is not.
-        let start = run_start(v.lower, at, |ch| {
+        let start = run_start(lower, at, |ch| {
             ch.is_ascii_alphanumeric() || matches!(ch, b'/' | b'\\' | b'.' | b':' | b'_' | b'-')
         });
-        let token = &v.lower[start..];
+        let token = &lower[start..];
         let absolute = token.starts_with('/')
             || token.starts_with('\\')
             || token.get(1..3).is_some_and(|t| t == ":\\" || t == ":/")
             || token.starts_with("file:")
             || first.is_some();
         if absolute {
-            sink.report(&SENSITIVE_FILE, v.location, excerpt(v.text, at));
+            sink.report(&SENSITIVE_FILE, v.location, excerpt(lower, at));
         }
     }
     if c.any(Classes::COLON) {
-        for w in [
-            "php://",
-            "zip://",
-            "phar://",
-            "expect://",
-            "glob://",
-            "data://",
-            "compress.zlib://",
-            "zlib:",
-            "file:/",
-            "jar:file:",
-            "ogg://",
-            "ssh2.",
-            "rar://",
-        ] {
-            if let Some(at) = v.lower.find(w) {
-                let wrapper_start = at == 0 || !v.lower.as_bytes()[at - 1].is_ascii_alphanumeric();
-                if wrapper_start {
-                    sink.report(&WRAPPER, v.location, excerpt(v.text, at));
-                    return;
-                }
+        stream_wrapper(v, lower, sink);
+    }
+}
+
+/// PHP stream wrappers that read files or run code (`php://filter`, `expect://`).
+fn stream_wrapper(v: &Value<'_>, lower: &str, sink: &mut Sink<'_>) {
+    for w in [
+        "php://",
+        "zip://",
+        "phar://",
+        "expect://",
+        "glob://",
+        "data://",
+        "compress.zlib://",
+        "zlib:",
+        "jar:file:",
+        "ogg://",
+        "ssh2.shell://",
+        "ssh2.exec://",
+        "rar://",
+    ] {
+        if let Some(at) = lower.find(w) {
+            let wrapper_start = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
+            if wrapper_start {
+                sink.report(&WRAPPER, v.location, excerpt(lower, at));
+                return;
             }
         }
     }
@@ -204,6 +261,76 @@ fn find_file(lower: &str, file: &str) -> Option<usize> {
         if before_ok && after_ok && (file != "sam" || lower[..at].ends_with("config/")) {
             return Some(at);
         }
+    }
+    None
+}
+
+/// Separators spelled in ways no standard decoder undoes but fuzz lists and lenient parsers use: C-style hex
+/// literals (`0x2f`) and percent signs split inside the escape (`%2%f`). Only dots and separators are
+/// restored, and only for this detector.
+fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
+    if !lower.contains("0x") && !lower.contains('%') {
+        return std::borrow::Cow::Borrowed(lower);
+    }
+    let mut out = lower.to_owned();
+    for (from, to) in [
+        ("0x2f", "/"),
+        ("0x5c", "\\"),
+        ("0x2e", "."),
+        ("%2%f", "/"),
+        ("%5%c", "\\"),
+        ("%2%e", "."),
+        ("%%32%66", "/"),
+    ] {
+        if out.contains(from) {
+            out = out.replace(from, to);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// Directory/file name pairs that make up the paths read to prove a traversal.
+const SENSITIVE_PAIRS: &[(&str, &str)] = &[
+    ("etc", "passwd"),
+    ("etc", "shadow"),
+    ("etc", "issue"),
+    ("etc", "hosts"),
+    ("etc", "group"),
+    ("etc", "sudoers"),
+    ("etc", "crontab"),
+    ("windows", "system32"),
+    ("winnt", "system32"),
+    ("system32", "drivers"),
+    ("boot", "ini"),
+    ("win", "ini"),
+    ("proc", "self"),
+    ("self", "environ"),
+];
+
+/// A sensitive path whose separators are garbled beyond any decoder (`etc%bg%qfpasswd`, `etc\x1cissue`):
+/// the value, without whitespace, has the path's names in order with a short run of non-alphanumeric bytes
+/// between them.
+fn obfuscated_sensitive_path(lower: &str) -> Option<usize> {
+    let b = lower.as_bytes();
+    let mut prev: Option<(usize, usize)> = None;
+    let mut i = 0;
+    while i < b.len() {
+        if !b[i].is_ascii_alphanumeric() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && b[i].is_ascii_alphanumeric() {
+            i += 1;
+        }
+        if let Some((ps, pe)) = prev {
+            let gap = start - pe;
+            let (w1, w2) = (&lower[ps..pe], &lower[start..i]);
+            if (1..=16).contains(&gap) && SENSITIVE_PAIRS.iter().any(|(a, c)| *a == w1 && *c == w2) {
+                return Some(ps);
+            }
+        }
+        prev = Some((start, i));
     }
     None
 }

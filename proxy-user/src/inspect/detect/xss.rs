@@ -112,7 +112,9 @@ const SINKS: &[&str] = &[
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
-    if c.any(Classes::LT | Classes::QUOTE | Classes::COLON | Classes::BRACE | Classes::PAREN)
+    // libinjection's attribute contexts need markup or an `=`; without either, it only adds false positives
+    // on JSON-in-a-string and URLs, and script URLs are caught by `script_uri` below.
+    if c.any(Classes::LT | Classes::EQ)
         && sink.enabled(&LIBINJECTION)
         && v.kind != FieldKind::Referer
         && libinjectionrs::detect_xss(v.text.as_bytes()).is_injection()
@@ -258,6 +260,22 @@ fn is_script_url(value: &str) -> bool {
         .filter(|c| !c.is_whitespace() && !c.is_control())
         .take(32)
         .collect::<String>();
+    // The inert placeholders of countless real links.
+    let inert = [
+        "javascript:void(0)",
+        "javascript:void0",
+        "javascript:;",
+        "javascript:",
+    ]
+    .iter()
+    .any(|p| {
+        compact
+            .strip_prefix(p)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([';', '"', '\'']))
+    });
+    if inert {
+        return false;
+    }
     compact.starts_with("javascript:")
         || compact.starts_with("vbscript:")
         || compact.starts_with("livescript:")
@@ -269,7 +287,9 @@ fn is_script_url(value: &str) -> bool {
 
 fn script_uri(v: &Value<'_>, sink: &mut Sink<'_>) {
     for scheme in ["javascript:", "vbscript:", "livescript:"] {
-        if let Some(at) = v.lower.find(scheme) {
+        if let Some(at) = v.lower.find(scheme)
+            && is_script_url(&v.lower[at..])
+        {
             // The value is (or starts) a script URL, or has one after a quote or `=`: not a word in prose.
             let before = v.lower[..at].trim_end().bytes().last();
             if before.is_none_or(|b| matches!(b, b'"' | b'\'' | b'=' | b'(' | b'`' | b'>')) {
