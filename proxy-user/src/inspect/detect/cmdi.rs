@@ -3,7 +3,9 @@
 //! removed (`c'a't`, `c\at`, `$@`, `${IFS}`), names a command. A lone `;` or `|` in prose, or a command name
 //! without a separator before it, is not enough.
 
-use super::{Classes, Value, excerpt};
+use std::{collections::HashSet, sync::LazyLock};
+
+use super::{Classes, Needles, Value, excerpt, find_any, needles};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{Rule, Sink},
@@ -261,10 +263,10 @@ const WORDLIKE: &[&str] = &[
     "node", "mount",
 ];
 
-#[expect(
-    clippy::many_single_char_names,
-    reason = "a byte scanner: s, i, b are the idiom"
-)]
+static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
+static WORDLIKE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
+
+#[expect(clippy::many_single_char_names, reason = "a byte scanner: s, i, b are the idiom")]
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
     // Shellshock: a function definition is the whole value of a header or variable bash imports.
@@ -298,9 +300,9 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let sep_at = i;
         i += sep_len;
         if let Some((word, arg)) = next_word(&s[i..])
-            && COMMANDS.contains(&word.as_str())
+            && COMMAND_SET.contains(word.as_str())
         {
-            let wordlike = WORDLIKE.contains(&word.as_str());
+            let wordlike = WORDLIKE_SET.contains(word.as_str());
             let looks_like_args = arg.first().is_some_and(|&a| {
                 matches!(a, b'-' | b'/' | b'$' | b'\\' | b'`' | b'>' | b'<' | b'\'' | b'"')
                     || a.is_ascii_digit()
@@ -395,10 +397,8 @@ fn shell_path(v: &Value<'_>, sink: &mut Sink<'_>) {
         "/dev/tcp/",
         "/dev/udp/",
     ];
-    for n in NEEDLES {
-        if let Some(at) = v.lower.find(n) {
-            sink.report(&SHELL_PATH, v.location, excerpt(v.text, at));
-            return;
-        }
+    static AUTOMATON: Needles = Needles::new(|| needles(NEEDLES));
+    if let Some((at, _)) = find_any(&AUTOMATON, v.lower) {
+        sink.report(&SHELL_PATH, v.location, excerpt(v.text, at));
     }
 }

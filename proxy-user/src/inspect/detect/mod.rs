@@ -204,6 +204,19 @@ pub(crate) fn excerpt(text: &str, at: usize) -> &str {
     &text[start..end]
 }
 
+/// A multi-needle matcher built once: one pass over the value instead of one search per needle.
+pub(crate) type Needles = std::sync::LazyLock<Option<aho_corasick::AhoCorasick>>;
+
+/// Builds a [`Needles`] automaton; `None` only if the list is unbuildable, which the tests rule out.
+pub(crate) fn needles(words: &[&str]) -> Option<aho_corasick::AhoCorasick> {
+    aho_corasick::AhoCorasick::new(words).ok()
+}
+
+/// First match of any needle: its start and the needle's index.
+pub(crate) fn find_any(n: &Needles, hay: &str) -> Option<(usize, usize)> {
+    n.as_ref()?.find(hay).map(|m| (m.start(), m.pattern().as_usize()))
+}
+
 /// Start of the run of ASCII bytes satisfying `keep` that ends at `at`: always a char boundary, since the
 /// run holds only ASCII.
 pub(crate) fn run_start(s: &str, at: usize, keep: impl Fn(u8) -> bool) -> usize {

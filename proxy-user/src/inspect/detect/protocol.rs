@@ -2,7 +2,7 @@
 //! lengths, obfuscated chunking), request-line junk, header injection (CR/LF in a value that becomes a
 //! header or a redirect), encodings no correct client produces, and known attack-tool user agents.
 
-use super::{Classes, Value, excerpt};
+use super::{Classes, Needles, Value, excerpt, find_any, needles};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{RequestView, Rule, Sink, decode::DecodeFlags, extract::FieldKind},
@@ -292,10 +292,8 @@ pub(crate) fn scanner(v: &Value<'_>, sink: &mut Sink<'_>) {
         "python-httpx/0",
         "scrapy-redis",
     ];
-    for t in TOOLS {
-        if let Some(at) = v.lower.find(t) {
-            sink.report(&SCANNER, v.location, excerpt(v.text, at));
-            return;
-        }
+    static AUTOMATON: Needles = Needles::new(|| needles(TOOLS));
+    if let Some((at, _)) = find_any(&AUTOMATON, v.lower) {
+        sink.report(&SCANNER, v.location, excerpt(v.text, at));
     }
 }

@@ -9,7 +9,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{Classes, Value, excerpt};
+use super::{Classes, Needles, Value, excerpt, needles};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{Rule, Sink, decode::fold_sql, extract::FieldKind},
@@ -92,8 +92,7 @@ static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
-    let keyword_only = v.classes.any(Classes::SPACE) && has_sql_word(v.lower);
-    if !v.classes.any(TRIGGERS) && !keyword_only {
+    if !v.classes.any(TRIGGERS | Classes::SPACE) || !could_be_sql(v) {
         return;
     }
     let rule = match v.kind {
@@ -122,18 +121,66 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
 }
 
-/// Whether a value of only words and spaces holds a SQL keyword that could start a numeric-context
-/// injection (`1 union select …`, `1 or sleep(5)`).
+/// SQL words that can carry an injection without any quote or comment (numeric context: `1 or 1=1`,
+/// `1 union select …`, `1;drop table t`). Prose words that SQL also uses (`in`, `is`, `by`, `from`) are
+/// left out: alone they never make libinjection's fingerprint an injection.
+const SQL_WORDS: &[&str] = &[
+    "select",
+    "union",
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "truncate",
+    "alter",
+    "exec",
+    "execute",
+    "declare",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "pg_sleep",
+    "or",
+    "and",
+    "xor",
+    "having",
+    "procedure",
+    "rlike",
+    "regexp",
+    "div",
+    "exists",
+    "concat",
+    "database",
+    "information_schema",
+    "shutdown",
+    "load_file",
+    "outfile",
+    "dumpfile",
+    "current_user",
+    "system_user",
+    "ascii",
+    "substring",
+    "substr",
+    "unhex",
+];
+
+/// Whether `lower` holds one of [`SQL_WORDS`] as a whole word.
 fn has_sql_word(lower: &str) -> bool {
-    const WORDS: [&str; 8] = [
-        "union",
-        "select",
-        "sleep",
-        "waitfor",
-        "benchmark",
-        " or ",
-        " and ",
-        "having",
-    ];
-    WORDS.iter().any(|w| lower.contains(w))
+    static AUTOMATON: Needles = Needles::new(|| needles(SQL_WORDS));
+    let Some(ac) = AUTOMATON.as_ref() else { return true };
+    let b = lower.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    ac.find_overlapping_iter(lower).any(|m| {
+        (m.start() == 0 || !is_word(b[m.start() - 1])) && b.get(m.end()).is_none_or(|&c| !is_word(c))
+    })
+}
+
+/// Whether the value can leave a SQL string or numeric context at all: a quote, a comment, a variable, or
+/// a SQL word. Everything else (prose, URLs, user agents) is skipped without tokenizing.
+fn could_be_sql(v: &Value<'_>) -> bool {
+    let s = v.lower.as_bytes();
+    v.classes.any(Classes::QUOTE | Classes::HASH | Classes::AT)
+        || memchr::memmem::find(s, b"--").is_some()
+        || memchr::memmem::find(s, b"/*").is_some()
+        || has_sql_word(v.lower)
 }

@@ -3,7 +3,7 @@
 //! wrappers that read files (`php://filter`). One `../` in a value is common in legitimate relative links, so
 //! alone it scores below the default threshold.
 
-use super::{Classes, Value, excerpt, run_start};
+use super::{Classes, Needles, Value, excerpt, find_any, needles, run_start};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{Rule, Sink, decode::normalize_path, extract::FieldKind},
@@ -168,10 +168,10 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     } else {
         std::borrow::Cow::Borrowed(lower)
     };
-    let sensitive = SENSITIVE.iter().find_map(|f| find_file(&slashed, f));
+    let sensitive = find_sensitive(&slashed);
     // Files whose very name is the proof of an attempt: matched wherever they appear, since separators
     // before them may be spelled in ways no decoder knows (`..0x2fetc/passwd`).
-    if let Some(at) = UNMISTAKABLE.iter().find_map(|f| slashed.find(f)) {
+    if let Some((at, _)) = find_any(&UNMISTAKABLE_AC, &slashed) {
         sink.report(&SENSITIVE_FILE, v.location, excerpt(lower, at));
     }
     if let Some(at) = first {
@@ -220,7 +220,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
 
 /// PHP stream wrappers that read files or run code (`php://filter`, `expect://`).
 fn stream_wrapper(v: &Value<'_>, lower: &str, sink: &mut Sink<'_>) {
-    for w in [
+    const WRAPPERS: &[&str] = &[
         "php://",
         "zip://",
         "phar://",
@@ -234,35 +234,33 @@ fn stream_wrapper(v: &Value<'_>, lower: &str, sink: &mut Sink<'_>) {
         "ssh2.shell://",
         "ssh2.exec://",
         "rar://",
-    ] {
-        if let Some(at) = lower.find(w) {
-            let wrapper_start = at == 0 || !lower.as_bytes()[at - 1].is_ascii_alphanumeric();
-            if wrapper_start {
-                sink.report(&WRAPPER, v.location, excerpt(lower, at));
-                return;
-            }
-        }
+    ];
+    static AUTOMATON: Needles = Needles::new(|| needles(WRAPPERS));
+    let Some(ac) = AUTOMATON.as_ref() else { return };
+    let b = lower.as_bytes();
+    if let Some(m) = ac
+        .find_iter(lower)
+        .find(|m| m.start() == 0 || !b[m.start() - 1].is_ascii_alphanumeric())
+    {
+        sink.report(&WRAPPER, v.location, excerpt(lower, m.start()));
     }
 }
 
-/// Where `file` occurs in `lower` as a path (preceded by a separator or at the start, and ending at a
-/// boundary), so `etc/passwd` matches in `/etc/passwd` but `sam` does not match `sample`.
-fn find_file(lower: &str, file: &str) -> Option<usize> {
+/// The first of [`SENSITIVE`] that occurs in `lower` as a path, in one pass: preceded by a separator or at
+/// the start, and ending at a boundary, so `etc/passwd` matches in `/etc/passwd` but `sam` does not match
+/// `sample`.
+fn find_sensitive(lower: &str) -> Option<usize> {
+    static AUTOMATON: Needles = Needles::new(|| needles(SENSITIVE));
     let b = lower.as_bytes();
-    let mut from = 0;
-    while let Some(off) = lower[from..].find(file) {
-        let at = from + off;
-        from = at + 1;
+    AUTOMATON.as_ref()?.find_overlapping_iter(lower).find_map(|m| {
+        let file = SENSITIVE[m.pattern().as_usize()];
+        let (at, end) = (m.start(), m.end());
         let first = file.as_bytes()[0];
         let before_ok = at == 0 || matches!(b[at - 1], b'/' | b'\\') || matches!(first, b'/' | b'.');
-        let end = at + file.len();
         let after_ok =
             end >= b.len() || file.ends_with('/') || !(b[end].is_ascii_alphanumeric() || b[end] == b'_');
-        if before_ok && after_ok && (file != "sam" || lower[..at].ends_with("config/")) {
-            return Some(at);
-        }
-    }
-    None
+        (before_ok && after_ok && (file != "sam" || lower[..at].ends_with("config/"))).then_some(at)
+    })
 }
 
 /// Separators spelled in ways no standard decoder undoes but fuzz lists and lenient parsers use: C-style hex
@@ -290,6 +288,8 @@ fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// Directory/file name pairs that make up the paths read to prove a traversal.
+static UNMISTAKABLE_AC: Needles = Needles::new(|| needles(UNMISTAKABLE));
+
 const SENSITIVE_PAIRS: &[(&str, &str)] = &[
     ("etc", "passwd"),
     ("etc", "shadow"),

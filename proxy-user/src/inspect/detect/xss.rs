@@ -4,7 +4,7 @@
 //! structure to catch what libinjection leaves out (SVG/MathML animation, `srcdoc`, template expressions,
 //! attribute breaking out of a quoted value) and to name the rule that matched.
 
-use super::{Classes, Value, excerpt};
+use super::{Classes, Needles, Value, excerpt, find_any, needles};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{Rule, Sink, extract::FieldKind},
@@ -114,7 +114,8 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
     // libinjection's attribute contexts need markup or an `=`; without either, it only adds false positives
     // on JSON-in-a-string and URLs, and script URLs are caught by `script_uri` below.
-    if c.any(Classes::LT | Classes::EQ)
+    if (c.any(Classes::LT)
+        || c.any(Classes::EQ) && (c.any(Classes::QUOTE) || has_handler_assignment(v.lower)))
         && sink.enabled(&LIBINJECTION)
         && v.kind != FieldKind::Referer
         && libinjectionrs::detect_xss(v.text.as_bytes()).is_injection()
@@ -136,6 +137,21 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     if c.any(Classes::BRACE) {
         template(v, sink);
     }
+}
+
+/// `on<letters>=`: an event handler assigned, the way an unquoted attribute injection starts.
+fn has_handler_assignment(lower: &str) -> bool {
+    let b = lower.as_bytes();
+    memchr::memmem::find_iter(b, b"on").any(|at| {
+        let mut k = at + 2;
+        while k < b.len() && b[k].is_ascii_alphabetic() {
+            k += 1;
+        }
+        while k < b.len() && b[k].is_ascii_whitespace() {
+            k += 1;
+        }
+        k > at + 2 && b.get(k) == Some(&b'=') && (at == 0 || !b[at - 1].is_ascii_alphanumeric())
+    })
 }
 
 fn is_name_byte(b: u8) -> bool {
@@ -337,8 +353,8 @@ fn attribute_break(v: &Value<'_>, sink: &mut Sink<'_>) {
 
 /// Breaking out of a JavaScript string into a call of a known sink: `';alert(1)//`, `"-prompt(1)-"`.
 fn js(v: &Value<'_>, sink: &mut Sink<'_>) {
-    for needle in SINKS {
-        let Some(at) = v.lower.find(needle) else { continue };
+    static AUTOMATON: Needles = Needles::new(|| needles(SINKS));
+    if let Some((at, _)) = find_any(&AUTOMATON, v.lower) {
         let before = v.lower[..at].trim_end();
         let prev = before.bytes().last();
         let breakout = matches!(
@@ -352,7 +368,6 @@ fn js(v: &Value<'_>, sink: &mut Sink<'_>) {
         } else if prev.is_none_or(|b| !b.is_ascii_alphanumeric() && b != b'.' && b != b'_') {
             sink.report(&JS_SINK, v.location, excerpt(v.text, at));
         }
-        return;
     }
 }
 
