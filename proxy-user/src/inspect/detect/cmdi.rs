@@ -266,7 +266,10 @@ const WORDLIKE: &[&str] = &[
 static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
 static WORDLIKE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
 
-#[expect(clippy::many_single_char_names, reason = "a byte scanner: s, i, b are the idiom")]
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a byte scanner: s, i, b are the idiom"
+)]
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
     // Shellshock: a function definition is the whole value of a header or variable bash imports.
@@ -313,7 +316,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             } else if line_break {
                 !wordlike && looks_like_args
             } else {
-                looks_like_args
+                looks_like_args || !wordlike && arg.first().is_some_and(|&a| a != b'=')
             };
             if counts {
                 sink.report(rule, v.location, excerpt(v.text, sep_at));
@@ -364,6 +367,11 @@ fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
     }
     let mut j = i;
     skip_ws(&mut j);
+    // A command is separated from its arguments: `ps=1` or `cat=x` after a `&` is a parameter, not a command.
+    let separated = j > i || j >= s.len();
+    if !separated {
+        return Some((word, b"="));
+    }
     Some((word, &s[j.min(s.len())..]))
 }
 

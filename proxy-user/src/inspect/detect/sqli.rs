@@ -40,6 +40,18 @@ const ERROR_BASED: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const BREAKOUT: Rule = Rule {
+    id: "sqli.string_breakout",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const TAUTOLOGY: Rule = Rule {
+    id: "sqli.tautology",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const UNION: Rule = Rule {
     id: "sqli.union",
     category: AttackCategory::Sqli,
@@ -78,6 +90,14 @@ static ERROR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"\b(?:extractvalue|updatexml|xmltype|utl_inaddr\s*\.\s*get_host_\w+|ctxsys\s*\.\s*drithsx\s*\.\s*sn|exp\s*\(\s*~|geometrycollection|multipoint|multilinestring|multipolygon|linestring|polygon)\s*\(")
         .ok()
 });
+/// A string or parenthesis closed, then a logic operator and a comparison: `') OR x=y`, `' and 'a'='a`.
+static BREAKOUT_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r#"['")]\s*\)*\s*(?:or|and|xor|\|\||&&)\s+[^=<>]{0,60}?(?:=|<>|!=|<|>|\blike\b|\brlike\b|\bregexp\b|\bis\s+(?:not\s+)?null\b|\bbetween\b)"#).ok()
+});
+/// `and 12=12`: a numeric tautology after a logic operator.
+static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\b(?:and|or|xor|&&|\|\|)\s+\(?\s*(\d+)\s*=\s*(\d+)\b").ok());
+
 static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
@@ -92,6 +112,10 @@ static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
+    // The Referer is the URL of the page before, search terms included: people search for SQL.
+    if v.kind == FieldKind::Referer {
+        return;
+    }
     if !v.classes.any(TRIGGERS | Classes::SPACE) || !could_be_sql(v) {
         return;
     }
@@ -109,6 +133,17 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         return;
     }
     let folded = fold_sql(v.lower);
+    if v.classes.any(Classes::QUOTE | Classes::PAREN)
+        && let Some(m) = BREAKOUT_RE.as_ref().and_then(|re| re.find(&folded))
+    {
+        sink.report(&BREAKOUT, v.location, excerpt(&folded, m.start()));
+    }
+    if let Some(c) = NUMERIC_TAUTOLOGY_RE.as_ref().and_then(|re| re.captures(&folded))
+        && c.get(1).map(|m| m.as_str()) == c.get(2).map(|m| m.as_str())
+        && let Some(m) = c.get(0)
+    {
+        sink.report(&TAUTOLOGY, v.location, excerpt(&folded, m.start()));
+    }
     for (re, rule) in [
         (&TIME_RE, &TIME_BASED),
         (&ERROR_RE, &ERROR_BASED),

@@ -58,6 +58,16 @@ const JS_SINK: Rule = Rule {
     severity: Severity::Warning,
     paranoia: 1,
 };
+const JS_CALL: Rule = Rule {
+    id: "xss.js_call",
+    category: AttackCategory::Xss,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+/// The proof-of-concept calls of XSS payloads in every spelling that evades a plain `alert(` match.
+static JS_CALL_RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
+    regex::Regex::new(r#"\b(?:alert|confirm|prompt)\s*(?:\?\.\s*)?(?:\(\s*(?:\d|['"`/]|document|window|this|self|top|string\.|null|\))|`|\.\s*(?:call|apply|bind)\s*\()|\(\s*(?:alert|confirm|prompt)\s*\)\s*\(|document\s*(?:\?\.)?\s*\[\s*['"`](?:cookie|domain|write)|\bdocument\s*(?:\?\.)\s*cookie"#).ok()
+});
 const TEMPLATE: Rule = Rule {
     id: "xss.template_injection",
     category: AttackCategory::Xss,
@@ -136,6 +146,11 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
     if c.any(Classes::BRACE) {
         template(v, sink);
+    }
+    if c.any(Classes::PAREN | Classes::BACKTICK | Classes::QUOTE)
+        && let Some(m) = JS_CALL_RE.as_ref().and_then(|re| re.find(v.lower))
+    {
+        sink.report(&JS_CALL, v.location, excerpt(v.text, m.start()));
     }
 }
 
