@@ -43,10 +43,19 @@ pub struct Normalized {
 }
 
 /// Decodes one value completely: percent (repeated, `%u`), overlong UTF-8, HTML entities, JS/C backslash
-/// escapes, Unicode compatibility forms (fullwidth `＜` is `<`), null bytes. Input longer than `max` is cut.
+/// escapes, Unicode compatibility forms (fullwidth `＜` is `<`), null bytes. Of input longer than `max`,
+/// the first and last `max / 2` bytes are kept (joined by a newline): padding a value to push the payload
+/// past the limit does not hide it.
 #[must_use]
 pub fn normalize(input: &[u8], max: usize) -> Normalized {
-    let input = &input[..input.len().min(max)];
+    let joined;
+    let input = if input.len() > max {
+        let half = max / 2;
+        joined = [&input[..half], b"\n", &input[input.len() - half..]].concat();
+        &joined[..]
+    } else {
+        input
+    };
     let mut flags = DecodeFlags::default();
     let mut cur: Cow<'_, [u8]> = Cow::Borrowed(input);
     for round in 0..MAX_ROUNDS {

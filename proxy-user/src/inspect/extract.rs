@@ -99,6 +99,17 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
         }
         match inspected_header(&lower) {
             Some(FieldKind::Cookie) => walk_cookies(value, &mut loc, f),
+            Some(FieldKind::Referer) => {
+                loc.clear();
+                loc.push_str("header:");
+                loc.push_str(&lower);
+                f(Field {
+                    location: &loc,
+                    raw: value,
+                    kind: FieldKind::Referer,
+                });
+                walk_referer_query(value, &mut loc, f);
+            }
             Some(kind) => {
                 loc.clear();
                 loc.push_str("header:");
@@ -159,6 +170,33 @@ fn looks_like_form(body: &[u8]) -> bool {
             .iter()
             .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'[' | b']' | b'%'))
         && !body.contains(&b'\n')
+}
+
+/// The query of a Referer URL, each value located as `referer:NAME`: a link crafted to carry a payload
+/// shows up here. Values keep the Referer kind, so rules that misfire on what people search for
+/// (SQL keywords) stay off.
+fn walk_referer_query(referer: &[u8], loc: &mut String, f: &mut dyn FnMut(Field<'_>)) {
+    let Some(q) = memchr::memchr(b'?', referer) else {
+        return;
+    };
+    let query = &referer[q + 1..];
+    let query = &query[..memchr::memchr(b'#', query).unwrap_or(query.len())];
+    let mut flags = decode::DecodeFlags::default();
+    for pair in query.split(|&b| b == b'&') {
+        let Some(eq) = memchr::memchr(b'=', pair) else {
+            continue;
+        };
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        loc.clear();
+        loc.push_str("referer:");
+        loc.push_str(&String::from_utf8_lossy(name));
+        let decoded = decode::percent_decode(value, true, &mut flags);
+        f(Field {
+            location: loc,
+            raw: decoded.as_deref().unwrap_or(value),
+            kind: FieldKind::Referer,
+        });
+    }
 }
 
 /// `a=1&b=2` (query strings and form bodies): names and values, `+` as space, percent-decoded once.
@@ -271,6 +309,13 @@ fn walk_multipart(body: &[u8], boundary: &[u8], loc: &mut String, f: &mut dyn Fn
         loc.clear();
         loc.push_str("multipart:");
         loc.push_str(name);
+        if !name.is_empty() {
+            f(Field {
+                location: loc,
+                raw: name.as_bytes(),
+                kind: FieldKind::Name,
+            });
+        }
         if let Some(fname) = filename {
             f(Field {
                 location: loc,

@@ -45,7 +45,7 @@ impl Default for Policy {
             threshold: 5,
             paranoia: 1,
             mode: Mode::Block,
-            max_body_bytes: 128 * 1024,
+            max_body_bytes: 1024 * 1024,
             max_value_bytes: 16 * 1024,
             max_json_depth: 32,
             disabled_rules: Vec::new(),

@@ -353,6 +353,9 @@ fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
         } else if b == b'/' {
             // `/usr/bin/id`: keep the last path component.
             word.clear();
+        } else if b == b'`' && s.get(i + 1) == Some(&b'`') {
+            // An empty substitution inside a word (`wh``oami`) disappears.
+            i += 1;
         } else if matches!(b, b'\'' | b'"' | b'\\') {
             // Quoting inside a word (`c'a't`, `c\at`) is removed by the shell.
         } else if b == b'$' && matches!(s.get(i + 1), Some(b'@' | b'*')) {

@@ -106,6 +106,45 @@ static SSTI_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
         .ok()
 });
 
+const LDAP: Rule = Rule {
+    id: "other.ldap_injection",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const MAIL: Rule = Rule {
+    id: "other.mail_command_injection",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const NOSQL: Rule = Rule {
+    id: "other.nosql_injection",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const YAML: Rule = Rule {
+    id: "other.unsafe_deserialization",
+    category: AttackCategory::Other,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+
+/// LDAP filter syntax breaking out of an attribute value: `*)(|(objectclass=*))`, `(&(uid=x)(!(…`,
+/// extensible-match rules (`userPassword:2.5.13.18:=`).
+static LDAP_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\(\s*[|&!]\s*\(\s*[\w!&|(]|\*\s*\)\s*\(\s*[|&]|\)\s*\(\s*[|&]\s*\(|objectclass\s*=\s*\*|\w:\d+(?:\.\d+){3,}:=").ok()
+});
+/// A line break followed by an SMTP or IMAP command: the value is being written into a mail session.
+static MAIL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"[\r\n]\s*(?:(?:[A-Z]\d{1,4}\s+)?(?:CAPABILITY|FETCH|LOGIN|LOGOUT|SELECT|EXAMINE|APPEND|STORE|UID|LIST|NOOP|AUTHENTICATE)\b|(?:RCPT\s+TO|MAIL\s+FROM)\s*:|(?:QUIT|DATA|HELO|EHLO|RSET|VRFY|EXPN)\s*(?:[\r\n]|$))").ok()
+});
+/// `MongoDB` query operators and server-side JavaScript.
+static NOSQL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r#"\$(?:where|ne|gt|gte|lt|lte|regex|nin|in|or|and|not|nor|exists|expr|function|accumulator)\b\s*['"]?\s*:|\bdb\s*\.\s*\w+\s*\.\s*(?:insert|find|update|remove|drop|aggregate)\w*\s*\(|\bdo\s*\{[^}]{0,200}\}\s*while\s*\(|\bsleep\s*\(\s*\d{3,}\s*\)|\[\s*\$(?:ne|gt|regex|where)\s*\]"#).ok()
+});
+
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
     let s = v.lower;
@@ -165,6 +204,32 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             }
         }
     }
+    if c.any(Classes::PAREN) && c.any(Classes::EQ | Classes::STAR) {
+        find(&LDAP_RE, &LDAP, v, sink);
+    }
+    if c.any(Classes::NEWLINE)
+        && !v.location.starts_with("json:")
+        && let Some(m) = MAIL_RE.as_ref().and_then(|re| re.find(v.text))
+    {
+        sink.report(&MAIL, v.location, excerpt(v.text, m.start()));
+    }
+    if c.any(Classes::DOLLAR | Classes::PAREN | Classes::BRACE) {
+        find(&NOSQL_RE, &NOSQL, v, sink);
+    }
+    for tag in [
+        "!!python/",
+        "!!java",
+        "!!javax",
+        "!!ruby/",
+        "!!perl/",
+        "!!php/",
+        "tag:yaml.org,2002:python",
+    ] {
+        if let Some(at) = s.find(tag) {
+            sink.report(&YAML, v.location, excerpt(v.text, at));
+            break;
+        }
+    }
     if let Some(at) = s.find("__schema") {
         let rest = s[at + 8..].trim_start();
         if rest.starts_with('{') {
@@ -196,8 +261,20 @@ fn find(re: &LazyLock<Option<Regex>>, rule: &Rule, v: &Value<'_>, sink: &mut Sin
 pub(super) fn scan_xml_document(field: &Field<'_>, sink: &mut Sink<'_>) {
     let head = &field.raw[..field.raw.len().min(64 * 1024)];
     let lower = String::from_utf8_lossy(head).to_ascii_lowercase();
-    let external = lower.contains("<!entity") && (lower.contains("system") || lower.contains("public"));
-    if external || lower.contains("<xi:include") || lower.contains("+adwaiq-entity") {
+    let declares = lower.contains("<!entity") || lower.contains("<!doctype");
+    let external = declares && (lower.contains("system") || lower.contains("public"));
+    // Schema references the parser may fetch: XInclude, `xs:include`/`xs:import`, `schemaLocation`.
+    let fetches = [
+        "<xi:include",
+        "<xs:include",
+        "<xs:import",
+        "<xsd:include",
+        "<xsd:import",
+        "schemalocation=",
+    ]
+    .iter()
+    .any(|t| lower.contains(t));
+    if external || fetches || lower.contains("+adwaiq-entity") {
         sink.report(
             &XXE,
             field.location,

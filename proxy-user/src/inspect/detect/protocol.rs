@@ -185,7 +185,10 @@ pub(crate) fn decode_anomalies(v: &Value<'_>, flags: DecodeFlags, sink: &mut Sin
 /// Only values that can reach a response header count (path, query, cookies, headers): a line starting
 /// `Host:` in a JSON or form text field is just text.
 pub(crate) fn crlf(v: &Value<'_>, sink: &mut Sink<'_>) {
-    if !v.classes.any(Classes::NEWLINE) || !v.classes.any(Classes::COLON) {
+    if !v.classes.any(Classes::COLON)
+        || !v.classes.any(Classes::NEWLINE)
+            && !v.lower.contains(['\u{560a}', '\u{560d}', '\u{010a}', '\u{010d}'])
+    {
         return;
     }
     let reaches_headers = !matches!(
@@ -195,7 +198,19 @@ pub(crate) fn crlf(v: &Value<'_>, sink: &mut Sink<'_>) {
     if !reaches_headers {
         return;
     }
-    let s = v.lower.as_bytes();
+    // Characters whose low byte is CR or LF (`嘍` U+560D, `嘊` U+560A): some servers truncate them to one
+    // byte when writing headers.
+    let folded;
+    let lower = if v.lower.contains(['\u{560a}', '\u{560d}', '\u{010a}', '\u{010d}']) {
+        folded = v
+            .lower
+            .replace(['\u{560a}', '\u{010a}'], "\n")
+            .replace(['\u{560d}', '\u{010d}'], "\r");
+        folded.as_str()
+    } else {
+        v.lower
+    };
+    let s = lower.as_bytes();
     for (i, &b) in s.iter().enumerate() {
         if b != b'\r' && b != b'\n' {
             continue;
@@ -208,7 +223,7 @@ pub(crate) fn crlf(v: &Value<'_>, sink: &mut Sink<'_>) {
         while j < s.len() && (s[j].is_ascii_alphanumeric() || s[j] == b'-') {
             j += 1;
         }
-        let name = &v.lower[name_start..j];
+        let name = &lower[name_start..j];
         if s.get(j) == Some(&b':')
             && matches!(
                 name,

@@ -52,6 +52,12 @@ const TAUTOLOGY: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const SUBQUERY: Rule = Rule {
+    id: "sqli.subquery",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const UNION: Rule = Rule {
     id: "sqli.union",
     category: AttackCategory::Sqli,
@@ -92,11 +98,16 @@ static ERROR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 /// A string or parenthesis closed, then a logic operator and a comparison: `') OR x=y`, `' and 'a'='a`.
 static BREAKOUT_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r#"['")]\s*\)*\s*(?:or|and|xor|\|\||&&)\s+[^=<>]{0,60}?(?:=|<>|!=|<|>|\blike\b|\brlike\b|\bregexp\b|\bis\s+(?:not\s+)?null\b|\bbetween\b)"#).ok()
+    Regex::new(r#"['")]\s*\)*\s*(?:(?:or|and|xor)\s+|\|\||&&)[^=<>]{0,60}?(?:=|<>|!=|<|>|\blike\b|\brlike\b|\bregexp\b|\bis\s+(?:not\s+)?null\b|\bbetween\b)"#).ok()
 });
 /// `and 12=12`: a numeric tautology after a logic operator.
 static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"\b(?:and|or|xor|&&|\|\|)\s+\(?\s*(\d+)\s*=\s*(\d+)\b").ok());
+
+/// A subquery glued to a closed string or number (`'||(select …`), or a probe of the catalog tables.
+static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b)").ok()
+});
 
 static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
@@ -145,6 +156,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         sink.report(&TAUTOLOGY, v.location, excerpt(&folded, m.start()));
     }
     for (re, rule) in [
+        (&SUBQUERY_RE, &SUBQUERY),
         (&TIME_RE, &TIME_BASED),
         (&ERROR_RE, &ERROR_BASED),
         (&UNION_RE, &UNION),

@@ -123,6 +123,9 @@ const UNMISTAKABLE: &[&str] = &[
     "windows/system32/",
     "system32/drivers/etc",
     "etc/sudoers",
+    "ntuser.dat",
+    "/c$/",
+    "/admin$/",
 ];
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
