@@ -10,10 +10,12 @@ use crate::{
     inspect::{Rule, Sink, extract::FieldKind},
 };
 
+/// libinjection's verdict alone does not block: it also fires on benign rich text (`style` attributes,
+/// `<!DOCTYPE html>`). With any of the structural rules below it does.
 const LIBINJECTION: Rule = Rule {
     id: "xss.libinjection",
     category: AttackCategory::Xss,
-    severity: Severity::Critical,
+    severity: Severity::Error,
     paranoia: 1,
 };
 const SCRIPT_TAG: Rule = Rule {
@@ -31,7 +33,7 @@ const EVENT_HANDLER: Rule = Rule {
 const DANGEROUS_TAG: Rule = Rule {
     id: "xss.dangerous_tag",
     category: AttackCategory::Xss,
-    severity: Severity::Error,
+    severity: Severity::Critical,
     paranoia: 1,
 };
 const SCRIPT_URI: Rule = Rule {
@@ -134,6 +136,11 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
     if c.any(Classes::LT) {
         scan_tags(v, sink);
+        for pi in ["<?xml-stylesheet", "<?import"] {
+            if let Some(at) = v.lower.find(pi) {
+                sink.report(&DANGEROUS_TAG, v.location, excerpt(v.text, at));
+            }
+        }
     }
     if c.any(Classes::COLON) {
         script_uri(v, sink);
@@ -206,7 +213,7 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
         let closed = tag_end < s.len();
         scan_attrs(v, attrs, lt, sink);
         // Tags that run script or load active content by themselves.
-        if matches!(
+        if (matches!(
             name,
             "iframe"
                 | "frame"
@@ -223,12 +230,42 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
                 | "frameset"
                 | "handler"
                 | "listener"
-        ) && (closed || !attrs.trim().is_empty())
+                | "style"
+                | "link"
+                | "xml"
+                | "import"
+                | "vmlframe"
+                | "set"
+                | "animate"
+                | "animatetransform"
+                | "bgsound"
+                | "layer"
+                | "ilayer"
+        ) || ["svg:", "xsl:", "vml:", "html:", "xhtml:", "math:"]
+            .iter()
+            .any(|p| name.starts_with(p)))
+            && (closed || !attrs.trim().is_empty())
         {
             sink.report(&DANGEROUS_TAG, v.location, excerpt(v.text, lt));
         }
         i = j;
     }
+}
+
+/// CSS that runs script or loads behaviour (old IE and Gecko), or hides it behind escapes.
+fn is_active_css(css: &str) -> bool {
+    [
+        "expression",
+        "behavior",
+        "behaviour",
+        "-moz-binding",
+        "@import",
+        "javascript:",
+        "vbscript:",
+        "\\",
+    ]
+    .iter()
+    .any(|t| css.contains(t))
 }
 
 /// Reads `name=value` pairs of one tag and reports event handlers and script URLs.
@@ -276,7 +313,11 @@ fn scan_attrs(v: &Value<'_>, attrs: &str, lt: usize, sink: &mut Sink<'_>) {
             sink.report(&EVENT_HANDLER, v.location, excerpt(v.text, lt));
         } else if URL_ATTRS.contains(&name) && is_script_url(value)
             || name == "srcdoc"
-            || name == "style" && value.contains("expression(")
+            || matches!(
+                name,
+                "datasrc" | "dataformatas" | "datafld" | "ev:event" | "attributename"
+            )
+            || name == "style" && is_active_css(value)
         {
             sink.report(&SCRIPT_URI, v.location, excerpt(v.text, lt));
         }
