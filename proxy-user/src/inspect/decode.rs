@@ -416,6 +416,39 @@ pub fn backslash_decode(input: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
+/// The text inside a value that is entirely base64 (standard or URL-safe alphabet) of printable text with
+/// some structure (a space or punctuation), as applications that take base64 parameters read it. Random
+/// tokens and binary data decode to unprintable bytes and are left alone.
+#[must_use]
+pub fn base64_text(raw: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let raw = raw.trim_ascii();
+    if raw.len() < 8 || raw.len() > 64 * 1024 {
+        return None;
+    }
+    if !raw
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_'))
+    {
+        return None;
+    }
+    let engine = if raw.iter().any(|&b| b == b'-' || b == b'_') {
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+    } else {
+        &base64::engine::general_purpose::STANDARD_NO_PAD
+    };
+    let trimmed = raw
+        .strip_suffix(b"==")
+        .or_else(|| raw.strip_suffix(b"="))
+        .unwrap_or(raw);
+    let decoded = engine.decode(trimmed).ok()?;
+    let printable = decoded
+        .iter()
+        .all(|&b| (0x20..0x7F).contains(&b) || matches!(b, b'\t' | b'\n' | b'\r'));
+    let structured = decoded.iter().any(|&b| !b.is_ascii_alphanumeric());
+    (printable && structured).then_some(decoded)
+}
+
 /// Folds SQL comments and whitespace runs to one space, keeping the body of `MySQL`'s executable comments
 /// (`/*!50000union*/` is `union`): what a SQL parser sees of `un/**/ion`-style obfuscation.
 #[must_use]

@@ -109,6 +109,11 @@ impl<'p> Sink<'p> {
     }
 
     pub(crate) fn report(&mut self, rule: &Rule, location: &str, excerpt: &str) {
+        self.report_as(rule, rule.severity, location, excerpt);
+    }
+
+    /// Reports a finding of `rule` at a severity the detector adjusted for context.
+    pub(crate) fn report_as(&mut self, rule: &Rule, severity: Severity, location: &str, excerpt: &str) {
         if !self.enabled(rule) || self.findings.len() >= MAX_FINDINGS {
             return;
         }
@@ -124,7 +129,7 @@ impl<'p> Sink<'p> {
         }
         self.findings.push(Finding {
             category: rule.category,
-            severity: rule.severity,
+            severity,
             evidence: Evidence::new(rule.id, location, excerpt),
         });
     }

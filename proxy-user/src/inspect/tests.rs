@@ -377,3 +377,69 @@ fn hostile_inputs_stay_bounded() {
     let lts = "<a ".repeat(50_000);
     let _ = post("text/plain", &lts);
 }
+
+#[test]
+fn obfuscated_javascript_calls_and_lookalikes() {
+    blocks(&get(&q("window['al'+'ert'](document['domain'])")), "xss.");
+    blocks(&get(&q("self[/al/.source+/ert/.source](1)")), "xss.");
+    blocks(&get(&q("confirm.call(null,1)")), "xss.");
+    passes(&get(&q("window resized to 800x600")));
+    passes(&post(
+        "application/json",
+        r#"{"msg":"Please confirm your email address"}"#,
+    ));
+}
+
+#[test]
+fn other_injection_languages_and_lookalikes() {
+    blocks(&get(&q("*)(|(objectclass=*))")), "other.ldap_injection");
+    blocks(
+        &post("application/json", r#"{"user":{"$ne":null},"pass":{"$gt":""}}"#),
+        "",
+    );
+    blocks(
+        &get(&q("x\r\nRCPT TO: victim@example.com\r\n")),
+        "other.mail_command_injection",
+    );
+    blocks(
+        &get(&q("!!python/object/new:os.system [id]")),
+        "other.unsafe_deserialization",
+    );
+    passes(&get(&q("(see page 3)")));
+    passes(&post("application/json", r#"{"price":"$5 (was $7)"}"#));
+}
+
+#[test]
+fn base64_parameters_are_decoded_but_tokens_are_not() {
+    // base64 of `1' or '1'='1`
+    blocks(&get("/item?id=MScgb3IgJzEnPScx"), "sqli.");
+    passes(&get("/item?token=dGhpc2lzYXRva2VuMTIz"));
+    passes(&get("/item?sid=q83vEjRWeJq8Xz1yA9kLmN4oPq7R"));
+}
+
+#[test]
+fn sql_words_in_natural_language_search_do_not_block_but_attacks_do() {
+    passes(&get(&q("sql注入的 and 1=1 测试法可以直接用吗")));
+    blocks(&get(&q("1 and 1=1")), "sqli.");
+    passes(&get("/blog/difference-between-etc-shadow-and-etc-passwd"));
+}
+
+#[test]
+fn referer_query_values_are_inspected() {
+    blocks(
+        &header("Referer", "https://shop.example/x?name=window['alert'](1)"),
+        "xss.",
+    );
+    passes(&header(
+        "Referer",
+        "https://www.example.com/search?q=union+select+tutorial",
+    ));
+}
+
+#[test]
+fn padding_does_not_hide_a_payload() {
+    let mut body = "comment=".to_owned();
+    body.push_str(&"A".repeat(200_000));
+    body.push_str("%3Cscript%3Ealert(1)%3C%2Fscript%3E");
+    blocks(&post("application/x-www-form-urlencoded", &body), "xss.");
+}

@@ -9,7 +9,10 @@ use regex::Regex;
 use super::{Classes, Value, excerpt};
 use crate::{
     event::{AttackCategory, Severity},
-    inspect::{Rule, Sink, extract::Field},
+    inspect::{
+        Rule, Sink,
+        extract::{Field, FieldKind},
+    },
 };
 
 const PHP_CODE: Rule = Rule {
@@ -106,6 +109,12 @@ static SSTI_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
         .ok()
 });
 
+const ARGUMENT_INJECTION: Rule = Rule {
+    id: "cmdi.argument_injection",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const LDAP: Rule = Rule {
     id: "other.ldap_injection",
     category: AttackCategory::Other,
@@ -204,6 +213,23 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             }
         }
     }
+    scan_other_languages(v, sink);
+}
+
+/// Server-side code in binary content: PHP or JSP hidden in an image or archive upload.
+pub(super) fn scan_code(v: &Value<'_>, sink: &mut Sink<'_>) {
+    for tag in ["<?php", "<?=", "<%@", "<%=", "<% "] {
+        if let Some(at) = v.lower.find(tag) {
+            sink.report(&PHP_CODE, v.location, excerpt(v.text, at));
+            return;
+        }
+    }
+}
+
+/// LDAP, mail protocols, `NoSQL`, YAML tags, Drupal render arrays, tool options, `GraphQL` introspection.
+fn scan_other_languages(v: &Value<'_>, sink: &mut Sink<'_>) {
+    let c = v.classes;
+    let s = v.lower;
     if c.any(Classes::PAREN) && c.any(Classes::EQ | Classes::STAR) {
         find(&LDAP_RE, &LDAP, v, sink);
     }
@@ -215,6 +241,29 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
     if c.any(Classes::DOLLAR | Classes::PAREN | Classes::BRACE) {
         find(&NOSQL_RE, &NOSQL, v, sink);
+    }
+    // A JSON key that is a query operator: the body becomes a MongoDB query (`{"$ne": null}`).
+    if v.kind == FieldKind::Name
+        && matches!(
+            s,
+            "$ne"
+                | "$gt"
+                | "$gte"
+                | "$lt"
+                | "$lte"
+                | "$regex"
+                | "$where"
+                | "$nin"
+                | "$in"
+                | "$or"
+                | "$and"
+                | "$not"
+                | "$nor"
+                | "$exists"
+                | "$expr"
+        )
+    {
+        sink.report(&NOSQL, v.location, s);
     }
     for tag in [
         "!!python/",
@@ -230,20 +279,40 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             break;
         }
     }
+    // Drupal render-array keys smuggled through form names (Drupalgeddon 2).
+    for key in [
+        "[#post_render]",
+        "[#pre_render]",
+        "[#lazy_builder]",
+        "[#access_callback]",
+        "#post_render[",
+        "#lazy_builder[",
+    ] {
+        if let Some(at) = s.find(key) {
+            sink.report(&PHP_FUNCTION, v.location, excerpt(v.text, at));
+            break;
+        }
+    }
+    // Options that make a command-line tool run another command, passed where a value was expected.
+    for opt in [
+        "--open-files-in-pager=",
+        "--upload-pack=",
+        "--receive-pack=",
+        "-oproxycommand",
+        "--config=core.sshcommand",
+        "core.sshcommand=",
+        "--exec=",
+        "--checkpoint-action=exec",
+    ] {
+        if let Some(at) = s.find(opt) {
+            sink.report(&ARGUMENT_INJECTION, v.location, excerpt(v.text, at));
+            break;
+        }
+    }
     if let Some(at) = s.find("__schema") {
         let rest = s[at + 8..].trim_start();
         if rest.starts_with('{') {
             sink.report(&GRAPHQL_INTROSPECTION, v.location, excerpt(v.text, at));
-        }
-    }
-}
-
-/// Server-side code in binary content: PHP or JSP hidden in an image or archive upload.
-pub(super) fn scan_code(v: &Value<'_>, sink: &mut Sink<'_>) {
-    for tag in ["<?php", "<?=", "<%@", "<%=", "<% "] {
-        if let Some(at) = v.lower.find(tag) {
-            sink.report(&PHP_CODE, v.location, excerpt(v.text, at));
-            return;
         }
     }
 }

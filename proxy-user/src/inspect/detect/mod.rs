@@ -150,7 +150,19 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
         expr::scan_xml_document(field, sink);
         return;
     }
-    if field.raw.len() < 2 || is_plain(field.raw) {
+    if field.raw.len() < 2 {
+        return;
+    }
+    if let Some(decoded) = decode::base64_text(field.raw) {
+        // A parameter that is base64 of readable text is read by the application after decoding.
+        let inner = Field {
+            location: field.location,
+            raw: &decoded,
+            kind: field.kind,
+        };
+        scan_decoded(&inner, policy, sink);
+    }
+    if is_plain(field.raw) {
         return;
     }
     if matches!(field.kind, FieldKind::Body | FieldKind::Value) && is_binary(field.raw) {
@@ -167,6 +179,11 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
         expr::scan_code(&v, sink);
         return;
     }
+    scan_decoded(field, policy, sink);
+}
+
+/// The detectors over one field's decoded value.
+fn scan_decoded(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
     let Normalized { text, lower, flags } = decode::normalize(field.raw, policy.max_value_bytes);
     let v = Value {
         location: field.location,

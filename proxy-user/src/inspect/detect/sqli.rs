@@ -58,6 +58,12 @@ const SUBQUERY: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const DANGEROUS_FN: Rule = Rule {
+    id: "sqli.dangerous_function",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const UNION: Rule = Rule {
     id: "sqli.union",
     category: AttackCategory::Sqli,
@@ -109,6 +115,11 @@ static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b)").ok()
 });
 
+/// Stored procedures and functions that reach the file system or the network from SQL.
+static DANGEROUS_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\bxp_(?:cmdshell|dirtree|fileexist|regread|regwrite|servicecontrol|subdirs)\b|\binto\s+(?:out|dump)file\b|\bload_file\s*\(|\butl_(?:http|inaddr|file)\s*\.|\bsp_(?:oacreate|oamethod|executesql|makewebtask|configure)\b|\bopenrowset\s*\(|\bcopy\s+\w+\s+(?:from|to)\s+program\b").ok()
+});
+
 static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
@@ -144,26 +155,41 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         return;
     }
     let folded = fold_sql(v.lower);
+    // Natural-language text around SQL words (a search for "union select 用法") is how people look things
+    // up; our own pattern rules then count as evidence, not proof. libinjection's verdict is unaffected.
+    let prose = v
+        .text
+        .chars()
+        .filter(|c| c.is_alphabetic() && !c.is_ascii())
+        .take(3)
+        .count()
+        >= 3;
+    let severity = if prose {
+        Severity::Error
+    } else {
+        Severity::Critical
+    };
     if v.classes.any(Classes::QUOTE | Classes::PAREN)
         && let Some(m) = BREAKOUT_RE.as_ref().and_then(|re| re.find(&folded))
     {
-        sink.report(&BREAKOUT, v.location, excerpt(&folded, m.start()));
+        sink.report_as(&BREAKOUT, severity, v.location, excerpt(&folded, m.start()));
     }
     if let Some(c) = NUMERIC_TAUTOLOGY_RE.as_ref().and_then(|re| re.captures(&folded))
         && c.get(1).map(|m| m.as_str()) == c.get(2).map(|m| m.as_str())
         && let Some(m) = c.get(0)
     {
-        sink.report(&TAUTOLOGY, v.location, excerpt(&folded, m.start()));
+        sink.report_as(&TAUTOLOGY, severity, v.location, excerpt(&folded, m.start()));
     }
     for (re, rule) in [
         (&SUBQUERY_RE, &SUBQUERY),
+        (&DANGEROUS_FN_RE, &DANGEROUS_FN),
         (&TIME_RE, &TIME_BASED),
         (&ERROR_RE, &ERROR_BASED),
         (&UNION_RE, &UNION),
         (&STACKED_RE, &STACKED),
     ] {
         if let Some(m) = re.as_ref().and_then(|re| re.find(&folded)) {
-            sink.report(rule, v.location, excerpt(&folded, m.start()));
+            sink.report_as(rule, severity, v.location, excerpt(&folded, m.start()));
         }
     }
 }

@@ -329,7 +329,8 @@ fn obfuscated_sensitive_path(lower: &str) -> Option<usize> {
         if let Some((ps, pe)) = prev {
             let gap = start - pe;
             let (w1, w2) = (&lower[ps..pe], &lower[start..i]);
-            if (1..=16).contains(&gap) && SENSITIVE_PAIRS.iter().any(|(a, c)| *a == w1 && *c == w2) {
+            let slug = lower[pe..start].bytes().all(|c| c == b'-' || c == b'_');
+            if (1..=16).contains(&gap) && !slug && SENSITIVE_PAIRS.iter().any(|(a, c)| *a == w1 && *c == w2) {
                 return Some(ps);
             }
         }
