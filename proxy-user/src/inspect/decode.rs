@@ -432,6 +432,10 @@ pub fn base64_text(raw: &[u8]) -> Option<Vec<u8>> {
     {
         return None;
     }
+    // Base64 of text mixes cases; words, ids and hex digests do not.
+    if !raw.iter().any(u8::is_ascii_uppercase) || !raw.iter().any(u8::is_ascii_lowercase) {
+        return None;
+    }
     let engine = if raw.iter().any(|&b| b == b'-' || b == b'_') {
         &base64::engine::general_purpose::URL_SAFE_NO_PAD
     } else {

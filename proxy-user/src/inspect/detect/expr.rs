@@ -6,7 +6,7 @@ use std::sync::LazyLock;
 
 use regex::Regex;
 
-use super::{Classes, Value, excerpt};
+use super::{Classes, Needles, Value, excerpt, needles};
 use crate::{
     event::{AttackCategory, Severity},
     inspect::{
@@ -201,18 +201,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     if c.any(Classes::BRACE | Classes::LT | Classes::HASH) {
         find(&SSTI_RE, &SSTI, v, sink);
     }
-    // Java serialization stream magic, raw hex or base64 (`rO0AB` is case-sensitive).
-    if let Some(at) = s.find("aced0005").or_else(|| v.text.find("rO0AB")) {
-        sink.report(&JAVA_SERIALIZED, v.location, excerpt(v.text, at));
-    }
-    if c.any(Classes::OP) && c.any(Classes::DASH) {
-        for marker in ["+adw-", "+ad4-", "+aci-", "+acc-"] {
-            if let Some(at) = s.find(marker) {
-                sink.report(&UTF7, v.location, excerpt(v.text, at));
-                break;
-            }
-        }
-    }
+    scan_markers(v, sink);
     scan_other_languages(v, sink);
 }
 
@@ -265,54 +254,55 @@ fn scan_other_languages(v: &Value<'_>, sink: &mut Sink<'_>) {
     {
         sink.report(&NOSQL, v.location, s);
     }
-    for tag in [
-        "!!python/",
-        "!!java",
-        "!!javax",
-        "!!ruby/",
-        "!!perl/",
-        "!!php/",
-        "tag:yaml.org,2002:python",
-    ] {
-        if let Some(at) = s.find(tag) {
-            sink.report(&YAML, v.location, excerpt(v.text, at));
-            break;
-        }
-    }
-    // Drupal render-array keys smuggled through form names (Drupalgeddon 2).
-    for key in [
-        "[#post_render]",
-        "[#pre_render]",
-        "[#lazy_builder]",
-        "[#access_callback]",
-        "#post_render[",
-        "#lazy_builder[",
-    ] {
-        if let Some(at) = s.find(key) {
-            sink.report(&PHP_FUNCTION, v.location, excerpt(v.text, at));
-            break;
-        }
-    }
-    // Options that make a command-line tool run another command, passed where a value was expected.
-    for opt in [
-        "--open-files-in-pager=",
-        "--upload-pack=",
-        "--receive-pack=",
-        "-oproxycommand",
-        "--config=core.sshcommand",
-        "core.sshcommand=",
-        "--exec=",
-        "--checkpoint-action=exec",
-    ] {
-        if let Some(at) = s.find(opt) {
-            sink.report(&ARGUMENT_INJECTION, v.location, excerpt(v.text, at));
-            break;
-        }
-    }
-    if let Some(at) = s.find("__schema") {
-        let rest = s[at + 8..].trim_start();
-        if rest.starts_with('{') {
-            sink.report(&GRAPHQL_INTROSPECTION, v.location, excerpt(v.text, at));
+}
+
+/// Literal markers, one pass over the value for all of them: serialized Java objects (hex, base64 `rO0AB`),
+/// UTF-7 markup, YAML language tags, Drupal render-array keys, tool options that run commands, `GraphQL`
+/// introspection.
+const MARKERS: &[(&str, &Rule)] = &[
+    ("aced0005", &JAVA_SERIALIZED),
+    ("ro0ab", &JAVA_SERIALIZED),
+    ("+adw-", &UTF7),
+    ("+ad4-", &UTF7),
+    ("+aci-", &UTF7),
+    ("+acc-", &UTF7),
+    ("!!python/", &YAML),
+    ("!!java", &YAML),
+    ("!!ruby/", &YAML),
+    ("!!perl/", &YAML),
+    ("!!php/", &YAML),
+    ("tag:yaml.org,2002:python", &YAML),
+    ("[#post_render]", &PHP_FUNCTION),
+    ("[#pre_render]", &PHP_FUNCTION),
+    ("[#lazy_builder]", &PHP_FUNCTION),
+    ("[#access_callback]", &PHP_FUNCTION),
+    ("#post_render[", &PHP_FUNCTION),
+    ("#lazy_builder[", &PHP_FUNCTION),
+    ("--open-files-in-pager=", &ARGUMENT_INJECTION),
+    ("--upload-pack=", &ARGUMENT_INJECTION),
+    ("--receive-pack=", &ARGUMENT_INJECTION),
+    ("-oproxycommand", &ARGUMENT_INJECTION),
+    ("core.sshcommand=", &ARGUMENT_INJECTION),
+    ("--exec=", &ARGUMENT_INJECTION),
+    ("--checkpoint-action=exec", &ARGUMENT_INJECTION),
+    ("__schema", &GRAPHQL_INTROSPECTION),
+];
+
+fn scan_markers(v: &Value<'_>, sink: &mut Sink<'_>) {
+    static AUTOMATON: Needles =
+        Needles::new(|| needles(&MARKERS.iter().map(|(m, _)| *m).collect::<Vec<_>>()));
+    let Some(ac) = AUTOMATON.as_ref() else { return };
+    for m in ac.find_iter(v.lower) {
+        let (marker, rule) = MARKERS[m.pattern().as_usize()];
+        let at = m.start();
+        // `rO0AB` is case-sensitive base64; `__schema` counts only as a selection (`__schema {`).
+        let confirmed = match marker {
+            "ro0ab" => v.text.get(at..at + 5) == Some("rO0AB"),
+            "__schema" => v.lower[m.end()..].trim_start().starts_with('{'),
+            _ => true,
+        };
+        if confirmed {
+            sink.report(rule, v.location, excerpt(v.text, at));
         }
     }
 }
