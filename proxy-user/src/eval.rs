@@ -7,8 +7,9 @@
 
 use std::{
     collections::BTreeMap,
+    fmt::Write as _,
     fs::File,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -110,16 +111,20 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     for path in &args.corpus {
         reports.push(eval_file(path, &policy, args.explain)?);
     }
-    if args.json {
-        let out = serde_json::to_string_pretty(&reports)
+    let out = if args.json {
+        let mut json = serde_json::to_string_pretty(&reports)
             .map_err(|e| Error::Other(format!("cannot serialise the eval report: {e}")))?;
-        println!("{out}");
+        json.push('\n');
+        json
     } else {
-        for r in &reports {
-            print_report(r);
-        }
+        reports.iter().map(render_report).collect()
+    };
+    // A closed pipe (`| head`) ends the output quietly instead of panicking in `println!`.
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out.as_bytes()).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Error::io("writing the eval report", e)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 fn eval_file(path: &Path, policy: &Policy, explain: usize) -> Result<FileReport, Error> {
@@ -239,8 +244,9 @@ fn pct(n: u64, d: u64) -> String {
     }
 }
 
-fn print_report(r: &FileReport) {
-    println!(
+/// One file's results as a header line and a table.
+fn render_report(r: &FileReport) -> String {
+    let mut out = format!(
         "{}: {} requests ({} bad lines), {:.0} requests/s through inspect()",
         r.file, r.requests, r.bad_lines, r.requests_per_sec
     );
@@ -271,7 +277,8 @@ fn print_report(r: &FileReport) {
             Cell::new(pct(c.benign_flagged, c.benign)).set_alignment(CellAlignment::Right),
         ]);
     }
-    println!("{t}\n");
+    let _ = write!(out, "\n{t}\n\n");
+    out
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ const SHELLSHOCK: Rule = Rule {
 /// Commands an attacker runs first: recon, download, shells, timing probes. Unix and Windows.
 const COMMANDS: &[&str] = &[
     "cat",
+    "printf",
     "ls",
     "id",
     "whoami",
@@ -255,12 +256,12 @@ const COMMANDS: &[&str] = &[
 /// Commands that are also everyday words; after `;` or `&` (prose punctuation) they need an argument that
 /// looks like one (`-x`, a path, a host) to count.
 const WORDLIKE: &[&str] = &[
-    "more", "type", "find", "set", "start", "call", "host", "file", "last", "w", "who", "at", "batch", "yes",
-    "true", "false", "test", "sort", "copy", "move", "query", "source", "export", "watch", "history",
-    "alias", "sh", "su", "id", "cc", "ed", "ex", "tr", "cut", "net", "dir", "md", "ren", "del", "sc", "init",
-    "halt", "route", "df", "du", "wc", "od", "nl", "rev", "ver", "reg", "less", "head", "tail", "echo",
-    "sleep", "env", "ping", "kill", "system", "stat", "diff", "cmp", "paste", "seq", "screen", "vi", "java",
-    "node", "mount",
+    "printf", "more", "type", "find", "set", "start", "call", "host", "file", "last", "w", "who", "at",
+    "batch", "yes", "true", "false", "test", "sort", "copy", "move", "query", "source", "export", "watch",
+    "history", "alias", "sh", "su", "id", "cc", "ed", "ex", "tr", "cut", "net", "dir", "md", "ren", "del",
+    "sc", "init", "halt", "route", "df", "du", "wc", "od", "nl", "rev", "ver", "reg", "less", "head", "tail",
+    "echo", "sleep", "env", "ping", "kill", "system", "stat", "diff", "cmp", "paste", "seq", "screen", "vi",
+    "java", "node", "mount",
 ];
 
 static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
