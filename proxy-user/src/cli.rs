@@ -58,6 +58,8 @@ pub enum Command {
     /// Read the pinned maps.
     #[command(subcommand)]
     Maps(MapsCommand),
+    /// Run the payload inspector over request corpora (JSONL) and report detection and false-positive rates.
+    Eval(crate::eval::EvalArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -73,6 +75,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
     match cli.command {
         // The daemon sets up its own JSON logging.
         Command::Run(args) => run_daemon(&args.config),
+        Command::Eval(args) => crate::eval::run(&args),
         Command::Check(args) => {
             let config = crate::config::Config::load(&args.config)?;
             // Building a generation also loads the certificates, so a bad PEM is caught here too.
@@ -89,7 +92,7 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Command::Blocklist(cmd) => commands::run_list(pins, ListKind::Blocklist, &cmd),
                 Command::Allowlist(cmd) => commands::run_list(pins, ListKind::Allowlist, &cmd),
                 Command::Maps(cmd) => commands::run_maps(pins, &cmd),
-                Command::Run(_) | Command::Check(_) => Ok(()),
+                Command::Run(_) | Command::Check(_) | Command::Eval(_) => Ok(()),
             }
         }
     }

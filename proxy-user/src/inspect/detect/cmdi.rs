@@ -1,0 +1,416 @@
+//! OS command injection: a shell tokenizer. A finding needs a shell metacharacter that ends or nests a
+//! command (`;`, `|`, `&&`, `||`, newline, `` ` ``, `$(`) followed by a word that, once shell quoting is
+//! removed (`c'a't`, `c\at`, `$@`, `${IFS}`), names a command. A lone `;` or `|` in prose, or a command name
+//! without a separator before it, is not enough.
+
+use std::{collections::HashSet, sync::LazyLock};
+
+use super::{Classes, Needles, Value, excerpt, find_any, needles};
+use crate::{
+    event::{AttackCategory, Severity},
+    inspect::{Rule, Sink},
+};
+
+const CHAINED: Rule = Rule {
+    id: "cmdi.chained_command",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SUBSTITUTION: Rule = Rule {
+    id: "cmdi.substitution",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SHELL_PATH: Rule = Rule {
+    id: "cmdi.shell_invocation",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SHELLSHOCK: Rule = Rule {
+    id: "cmdi.shellshock",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+
+/// Commands an attacker runs first: recon, download, shells, timing probes. Unix and Windows.
+const COMMANDS: &[&str] = &[
+    "cat",
+    "printf",
+    "ls",
+    "id",
+    "whoami",
+    "uname",
+    "pwd",
+    "wget",
+    "curl",
+    "nc",
+    "ncat",
+    "netcat",
+    "bash",
+    "sh",
+    "zsh",
+    "ksh",
+    "csh",
+    "tcsh",
+    "dash",
+    "python",
+    "python2",
+    "python3",
+    "perl",
+    "ruby",
+    "php",
+    "ping",
+    "nslookup",
+    "dig",
+    "host",
+    "sleep",
+    "echo",
+    "rm",
+    "chmod",
+    "chown",
+    "touch",
+    "mkdir",
+    "cp",
+    "mv",
+    "ifconfig",
+    "ipconfig",
+    "netstat",
+    "ps",
+    "kill",
+    "killall",
+    "env",
+    "printenv",
+    "head",
+    "tail",
+    "more",
+    "less",
+    "type",
+    "dir",
+    "net",
+    "systeminfo",
+    "tasklist",
+    "hostname",
+    "ver",
+    "find",
+    "grep",
+    "awk",
+    "sed",
+    "base64",
+    "xxd",
+    "telnet",
+    "ssh",
+    "scp",
+    "ftp",
+    "tftp",
+    "crontab",
+    "useradd",
+    "passwd",
+    "sudo",
+    "su",
+    "nohup",
+    "timeout",
+    "expr",
+    "eval",
+    "exec",
+    "busybox",
+    "powershell",
+    "pwsh",
+    "cmd",
+    "certutil",
+    "bitsadmin",
+    "reg",
+    "wmic",
+    "nmap",
+    "sort",
+    "uniq",
+    "wc",
+    "od",
+    "strings",
+    "tac",
+    "nl",
+    "rev",
+    "awk",
+    "gawk",
+    "lua",
+    "node",
+    "java",
+    "gcc",
+    "cc",
+    "socat",
+    "openssl",
+    "tar",
+    "zip",
+    "unzip",
+    "gzip",
+    "dd",
+    "mkfifo",
+    "mknod",
+    "xterm",
+    "sysctl",
+    "export",
+    "unset",
+    "set",
+    "source",
+    "systemctl",
+    "service",
+    "shutdown",
+    "reboot",
+    "halt",
+    "init",
+    "last",
+    "w",
+    "who",
+    "groups",
+    "lsof",
+    "uptime",
+    "df",
+    "du",
+    "mount",
+    "fdisk",
+    "ifup",
+    "route",
+    "arp",
+    "traceroute",
+    "tracert",
+    "pathping",
+    "getmac",
+    "net1",
+    "query",
+    "quser",
+    "runas",
+    "schtasks",
+    "sc",
+    "taskkill",
+    "del",
+    "copy",
+    "move",
+    "ren",
+    "rmdir",
+    "md",
+    "start",
+    "call",
+    "findstr",
+    "icacls",
+    "cacls",
+    "attrib",
+    "regsvr32",
+    "rundll32",
+    "mshta",
+    "cscript",
+    "wscript",
+    "msiexec",
+    "vssadmin",
+    "wevtutil",
+    "nltest",
+    "dsquery",
+    "bcdedit",
+    "phpinfo",
+    "system",
+    "passthru",
+    "shell_exec",
+    "popen",
+    "proc_open",
+    "file",
+    "stat",
+    "getent",
+    "ldd",
+    "strace",
+    "ltrace",
+    "gdb",
+    "cut",
+    "tr",
+    "paste",
+    "diff",
+    "cmp",
+    "chattr",
+    "lsattr",
+    "history",
+    "alias",
+    "xargs",
+    "yes",
+    "seq",
+    "true",
+    "false",
+    "test",
+    "ulimit",
+    "at",
+    "batch",
+    "watch",
+    "screen",
+    "tmux",
+    "vi",
+    "vim",
+    "nano",
+    "ed",
+    "ex",
+    "sh.exe",
+    "cmd.exe",
+    "powershell.exe",
+    "whoami.exe",
+];
+
+/// Commands that are also everyday words; after `;` or `&` (prose punctuation) they need an argument that
+/// looks like one (`-x`, a path, a host) to count.
+const WORDLIKE: &[&str] = &[
+    "printf", "more", "type", "find", "set", "start", "call", "host", "file", "last", "w", "who", "at",
+    "batch", "yes", "true", "false", "test", "sort", "copy", "move", "query", "source", "export", "watch",
+    "history", "alias", "sh", "su", "id", "cc", "ed", "ex", "tr", "cut", "net", "dir", "md", "ren", "del",
+    "sc", "init", "halt", "route", "df", "du", "wc", "od", "nl", "rev", "ver", "reg", "less", "head", "tail",
+    "echo", "sleep", "env", "ping", "kill", "system", "stat", "diff", "cmp", "paste", "seq", "screen", "vi",
+    "java", "node", "mount",
+];
+
+static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
+static WORDLIKE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
+
+#[expect(
+    clippy::many_single_char_names,
+    reason = "a byte scanner: s, i, b are the idiom"
+)]
+pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
+    let c = v.classes;
+    // Shellshock: a function definition is the whole value of a header or variable bash imports.
+    if c.any(Classes::PAREN) && c.any(Classes::BRACE) && v.lower.trim_start().starts_with("() {") {
+        sink.report(&SHELLSHOCK, v.location, excerpt(v.text, 0));
+    }
+    if c.any(Classes::SLASH) {
+        shell_path(v, sink);
+    }
+    if !c.any(
+        Classes::SEMI | Classes::PIPE | Classes::AMP | Classes::NEWLINE | Classes::BACKTICK | Classes::DOLLAR,
+    ) {
+        return;
+    }
+    let s = v.lower.as_bytes();
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        let (sep_len, strong, rule) = match b {
+            b'`' => (1, true, &SUBSTITUTION),
+            b'$' if s.get(i + 1) == Some(&b'(') => (2, true, &SUBSTITUTION),
+            b'|' if s.get(i + 1) == Some(&b'|') => (2, true, &CHAINED),
+            b'&' if s.get(i + 1) == Some(&b'&') => (2, true, &CHAINED),
+            b'|' => (1, true, &CHAINED),
+            b';' | b'&' | b'\n' | b'\r' => (1, false, &CHAINED),
+            _ => {
+                i += 1;
+                continue;
+            }
+        };
+        let sep_at = i;
+        i += sep_len;
+        if let Some((word, arg)) = next_word(&s[i..])
+            && COMMAND_SET.contains(word.as_str())
+        {
+            let wordlike = WORDLIKE_SET.contains(word.as_str());
+            let looks_like_args = arg.first().is_some_and(|&a| {
+                matches!(a, b'-' | b'/' | b'$' | b'\\' | b'`' | b'>' | b'<' | b'\'' | b'"')
+                    || a.is_ascii_digit()
+            }) || (arg.is_empty() && !wordlike);
+            let line_break = matches!(b, b'\n' | b'\r');
+            let counts = if strong {
+                !wordlike || looks_like_args || arg.is_empty()
+            } else if line_break {
+                !wordlike && looks_like_args
+            } else {
+                looks_like_args || !wordlike && arg.first().is_some_and(|&a| a != b'=')
+            };
+            if counts {
+                sink.report(rule, v.location, excerpt(v.text, sep_at));
+                return;
+            }
+        }
+    }
+}
+
+/// The next shell word after a separator with shell quoting removed, and the bytes after it (spaces
+/// skipped).
+fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        loop {
+            while *i < s.len() && (s[*i].is_ascii_whitespace() || matches!(s[*i], b'{' | b'(' | b'!')) {
+                *i += 1;
+            }
+            if s[*i..].starts_with(b"${ifs}") {
+                *i += 6;
+            } else if s[*i..].starts_with(b"$ifs") {
+                *i += 4;
+            } else {
+                break;
+            }
+        }
+    };
+    skip_ws(&mut i);
+    let mut word = String::new();
+    while i < s.len() && word.len() < 40 {
+        let b = s[i];
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
+            word.push(char::from(b));
+        } else if b == b'/' {
+            // `/usr/bin/id`: keep the last path component.
+            word.clear();
+        } else if b == b'`' && s.get(i + 1) == Some(&b'`') {
+            // An empty substitution inside a word (`wh``oami`) disappears.
+            i += 1;
+        } else if matches!(b, b'\'' | b'"' | b'\\') {
+            // Quoting inside a word (`c'a't`, `c\at`) is removed by the shell.
+        } else if b == b'$' && matches!(s.get(i + 1), Some(b'@' | b'*')) {
+            i += 1;
+        } else {
+            break;
+        }
+        i += 1;
+    }
+    if word.is_empty() {
+        return None;
+    }
+    let mut j = i;
+    skip_ws(&mut j);
+    // A command is separated from its arguments: `ps=1` or `cat=x` after a `&` is a parameter, not a command.
+    let separated = j > i || j >= s.len();
+    if !separated {
+        return Some((word, b"="));
+    }
+    Some((word, &s[j.min(s.len())..]))
+}
+
+/// A shell or interpreter invoked by absolute path: `/bin/sh -c`, `/usr/bin/id`, `cmd.exe /c`.
+fn shell_path(v: &Value<'_>, sink: &mut Sink<'_>) {
+    const NEEDLES: &[&str] = &[
+        "/bin/sh",
+        "/bin/bash",
+        "/bin/zsh",
+        "/bin/dash",
+        "/bin/ksh",
+        "/bin/busybox",
+        "/bin/nc",
+        "/bin/cat",
+        "/bin/id",
+        "/bin/ls",
+        "/usr/bin/id",
+        "/usr/bin/whoami",
+        "/usr/bin/wget",
+        "/usr/bin/curl",
+        "/bin/ping",
+        "/usr/bin/python",
+        "/usr/bin/perl",
+        "/bin/uname",
+        "/usr/bin/nc",
+        "cmd.exe /c",
+        "cmd /c",
+        "cmd.exe/c",
+        "powershell -",
+        "powershell.exe",
+        "/dev/tcp/",
+        "/dev/udp/",
+    ];
+    static AUTOMATON: Needles = Needles::new(|| needles(NEEDLES));
+    if let Some((at, _)) = find_any(&AUTOMATON, v.lower) {
+        sink.report(&SHELL_PATH, v.location, excerpt(v.text, at));
+    }
+}

@@ -1,0 +1,259 @@
+//! SQL injection. The primary detector is libinjection's (via the `libinjectionrs` port): it tokenizes the
+//! value as SQL in the three quoting contexts an application may embed it in (none, `'…'`, `"…"`), folds the
+//! token stream (comments, whitespace, unary operators) into a fingerprint like `s&sos` and looks it up among
+//! the fingerprints of real injections. That classifies token sequences, not words, so `select your plan`
+//! and `O'Brien` pass and `1' OR '1'='1` does not. Beside it, a few token-sequence rules over the
+//! comment-folded value cover the time- and error-based forms whose fingerprint alone is ambiguous.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+use super::{Classes, Needles, Value, excerpt, needles};
+use crate::{
+    event::{AttackCategory, Severity},
+    inspect::{Rule, Sink, decode::fold_sql, extract::FieldKind},
+};
+
+const LIBINJECTION: Rule = Rule {
+    id: "sqli.libinjection",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+/// libinjection on headers other than User-Agent: free-form values there are rarer, so it takes a higher level.
+const LIBINJECTION_HEADER: Rule = Rule {
+    id: "sqli.libinjection_header",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const TIME_BASED: Rule = Rule {
+    id: "sqli.time_based",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const ERROR_BASED: Rule = Rule {
+    id: "sqli.error_based",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const BREAKOUT: Rule = Rule {
+    id: "sqli.string_breakout",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const TAUTOLOGY: Rule = Rule {
+    id: "sqli.tautology",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const SUBQUERY: Rule = Rule {
+    id: "sqli.subquery",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const DANGEROUS_FN: Rule = Rule {
+    id: "sqli.dangerous_function",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const UNION: Rule = Rule {
+    id: "sqli.union",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const STACKED: Rule = Rule {
+    id: "sqli.stacked_query",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+
+/// Characters without which a value cannot leave a SQL string or numeric context.
+const TRIGGERS: u32 = Classes::QUOTE
+    | Classes::PAREN
+    | Classes::SEMI
+    | Classes::HASH
+    | Classes::DASH
+    | Classes::STAR
+    | Classes::EQ
+    | Classes::AT
+    | Classes::OP
+    | Classes::PIPE
+    | Classes::AMP
+    | Classes::LT
+    | Classes::SLASH;
+
+static TIME_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"\b(?:sleep|pg_sleep|benchmark)\s*\(\s*[\d(]|\bwaitfor\s+(?:delay|time)\s+'|\bdbms_pipe\s*\.\s*receive_message\s*\(|\bdbms_lock\s*\.\s*sleep\s*\(|\brandomblob\s*\(\s*\d{6,}",
+    )
+    .ok()
+});
+static ERROR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\b(?:extractvalue|updatexml|xmltype|utl_inaddr\s*\.\s*get_host_\w+|ctxsys\s*\.\s*drithsx\s*\.\s*sn|exp\s*\(\s*~|geometrycollection|multipoint|multilinestring|multipolygon|linestring|polygon)\s*\(")
+        .ok()
+});
+/// A string or parenthesis closed, then a logic operator and a comparison: `') OR x=y`, `' and 'a'='a`.
+static BREAKOUT_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r#"['")]\s*\)*\s*(?:(?:or|and|xor)\s+|\|\||&&)[^=<>]{0,60}?(?:=|<>|!=|<|>|\blike\b|\brlike\b|\bregexp\b|\bis\s+(?:not\s+)?null\b|\bbetween\b)"#).ok()
+});
+/// `and 12=12`: a numeric tautology after a logic operator.
+static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\b(?:and|or|xor|&&|\|\|)\s+\(?\s*(\d+)\s*=\s*(\d+)\b").ok());
+
+/// A subquery glued to a closed string or number (`'||(select …`), or a probe of the catalog tables.
+static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b)").ok()
+});
+
+/// Stored procedures and functions that reach the file system or the network from SQL.
+static DANGEROUS_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\bxp_(?:cmdshell|dirtree|fileexist|regread|regwrite|servicecontrol|subdirs)\b|\binto\s+(?:out|dump)file\b|\bload_file\s*\(|\butl_(?:http|inaddr|file)\s*\.|\bsp_(?:oacreate|oamethod|executesql|makewebtask|configure)\b|\bopenrowset\s*\(|\bcopy\s+\w+\s+(?:from|to)\s+program\b").ok()
+});
+
+static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
+    )
+    .ok()
+});
+static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(
+        r"['\d)]\s*;\s*(?:drop|insert|update|delete|exec|execute|declare|shutdown|create|alter|truncate|select)\s+[\w@(*]",
+    )
+    .ok()
+});
+
+pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
+    // The Referer is the URL of the page before, search terms included: people search for SQL.
+    if v.kind == FieldKind::Referer {
+        return;
+    }
+    if !v.classes.any(TRIGGERS | Classes::SPACE) || !could_be_sql(v) {
+        return;
+    }
+    let rule = match v.kind {
+        FieldKind::Header | FieldKind::Referer => &LIBINJECTION_HEADER,
+        _ => &LIBINJECTION,
+    };
+    if sink.enabled(rule) && libinjectionrs::detect_sqli(v.text.as_bytes()).is_injection() {
+        sink.report(rule, v.location, excerpt(v.text, 0));
+    }
+    if !v
+        .classes
+        .any(Classes::PAREN | Classes::SEMI | Classes::SPACE | Classes::STAR | Classes::QUOTE)
+    {
+        return;
+    }
+    let folded = fold_sql(v.lower);
+    // Natural-language text around SQL words (a search for "union select 用法") is how people look things
+    // up; our own pattern rules then count as evidence, not proof. libinjection's verdict is unaffected.
+    let prose = v
+        .text
+        .chars()
+        .filter(|c| c.is_alphabetic() && !c.is_ascii())
+        .take(3)
+        .count()
+        >= 3;
+    let severity = if prose {
+        Severity::Error
+    } else {
+        Severity::Critical
+    };
+    if v.classes.any(Classes::QUOTE | Classes::PAREN)
+        && let Some(m) = BREAKOUT_RE.as_ref().and_then(|re| re.find(&folded))
+    {
+        sink.report_as(&BREAKOUT, severity, v.location, excerpt(&folded, m.start()));
+    }
+    if let Some(c) = NUMERIC_TAUTOLOGY_RE.as_ref().and_then(|re| re.captures(&folded))
+        && c.get(1).map(|m| m.as_str()) == c.get(2).map(|m| m.as_str())
+        && let Some(m) = c.get(0)
+    {
+        sink.report_as(&TAUTOLOGY, severity, v.location, excerpt(&folded, m.start()));
+    }
+    for (re, rule) in [
+        (&SUBQUERY_RE, &SUBQUERY),
+        (&DANGEROUS_FN_RE, &DANGEROUS_FN),
+        (&TIME_RE, &TIME_BASED),
+        (&ERROR_RE, &ERROR_BASED),
+        (&UNION_RE, &UNION),
+        (&STACKED_RE, &STACKED),
+    ] {
+        if let Some(m) = re.as_ref().and_then(|re| re.find(&folded)) {
+            sink.report_as(rule, severity, v.location, excerpt(&folded, m.start()));
+        }
+    }
+}
+
+/// SQL words that can carry an injection without any quote or comment (numeric context: `1 or 1=1`,
+/// `1 union select …`, `1;drop table t`). Prose words that SQL also uses (`in`, `is`, `by`, `from`) are
+/// left out: alone they never make libinjection's fingerprint an injection.
+const SQL_WORDS: &[&str] = &[
+    "select",
+    "union",
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "truncate",
+    "alter",
+    "exec",
+    "execute",
+    "declare",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "pg_sleep",
+    "or",
+    "and",
+    "xor",
+    "having",
+    "procedure",
+    "rlike",
+    "regexp",
+    "div",
+    "exists",
+    "concat",
+    "database",
+    "information_schema",
+    "shutdown",
+    "load_file",
+    "outfile",
+    "dumpfile",
+    "current_user",
+    "system_user",
+    "ascii",
+    "substring",
+    "substr",
+    "unhex",
+];
+
+/// Whether `lower` holds one of [`SQL_WORDS`] as a whole word.
+fn has_sql_word(lower: &str) -> bool {
+    static AUTOMATON: Needles = Needles::new(|| needles(SQL_WORDS));
+    let Some(ac) = AUTOMATON.as_ref() else { return true };
+    let b = lower.as_bytes();
+    let is_word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    ac.find_overlapping_iter(lower).any(|m| {
+        (m.start() == 0 || !is_word(b[m.start() - 1])) && b.get(m.end()).is_none_or(|&c| !is_word(c))
+    })
+}
+
+/// Whether the value can leave a SQL string or numeric context at all: a quote, a comment, a variable, or
+/// a SQL word. Everything else (prose, URLs, user agents) is skipped without tokenizing.
+fn could_be_sql(v: &Value<'_>) -> bool {
+    let s = v.lower.as_bytes();
+    v.classes.any(Classes::QUOTE | Classes::HASH | Classes::AT)
+        || memchr::memmem::find(s, b"--").is_some()
+        || memchr::memmem::find(s, b"/*").is_some()
+        || has_sql_word(v.lower)
+}
