@@ -95,6 +95,13 @@ fn to_v6(ip: IpAddr) -> Ipv6Addr {
     }
 }
 
+impl From<IpAddr> for Cidr {
+    /// The single-host block of an address (`/32` or `/128`).
+    fn from(ip: IpAddr) -> Self {
+        Self(IpNet::from(canonical(ip)))
+    }
+}
+
 impl FromStr for Cidr {
     type Err = Error;
 

@@ -42,10 +42,13 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub log: LogConfig,
-    /// The payload inspector's policy. Reserved: its owner (the `inspect` module) defines the typed form; until
-    /// then the table is carried as is, and its mere presence switches on body buffering for inspection.
+    /// `[inspection]`: the payload inspector's policy (see `crate::inspect::Policy`); absent, nothing is
+    /// inspected and no body is buffered.
     #[serde(default)]
-    pub inspection: Option<toml::Table>,
+    pub inspection: Option<crate::inspect::Policy>,
+    /// `[risk]`: the self-protection loop (scores, bans, identity blocks). Defaults apply when absent.
+    #[serde(default)]
+    pub risk: crate::risk::RiskConfig,
 }
 
 /// `[xdp]`: where the kernel data plane attaches and what it is told. The daemon's integrator hands these to
@@ -65,6 +68,9 @@ pub struct XdpConfig {
     /// Packets per second per source above which the kernel drops; `None` leaves rate limiting off.
     #[serde(default)]
     pub rate_limit_pps: Option<u32>,
+    /// `native` (in the driver) or `skb` (generic, for drivers without XDP support).
+    #[serde(default)]
+    pub mode: crate::xdp::AttachMode,
 }
 
 impl Default for XdpConfig {
@@ -75,6 +81,7 @@ impl Default for XdpConfig {
             allowlist: Vec::new(),
             blocklist: Vec::new(),
             rate_limit_pps: None,
+            mode: crate::xdp::AttachMode::Native,
         }
     }
 }
@@ -182,6 +189,16 @@ pub struct RouteConfig {
     /// Scopes a caller must hold (JWT `scope`/`scp`).
     #[serde(default)]
     pub scopes: Vec<String>,
+    /// This route's changes to `[inspection]` (threshold, exclusions for fields that legitimately carry code).
+    #[serde(default)]
+    pub inspection: Option<crate::inspect::PolicyOverride>,
+    /// How much this route's security events weigh in the risk engine (e.g. 2.0 for an admin route).
+    #[serde(default = "default_sensitivity")]
+    pub sensitivity: f64,
+}
+
+fn default_sensitivity() -> f64 {
+    1.0
 }
 
 impl RouteConfig {
@@ -567,5 +584,6 @@ secret_env = "JWT_SECRET"        # alternatives: public_key_file, jwks_file, jwk
         assert_eq!(c.xdp.blocklist[0].to_string(), "192.0.2.7/32");
         assert_eq!(c.xdp.rate_limit_pps, Some(5000));
         assert!(c.inspection.is_some());
+        assert_eq!(c.risk.mode, crate::risk::Mode::Block);
     }
 }

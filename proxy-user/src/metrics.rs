@@ -24,6 +24,16 @@ pub struct AuthFailureLabels {
     pub kind: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RiskActionLabels {
+    /// `ban`, `identity_block`, `rate_refusal`.
+    pub action: &'static str,
+    /// The ban reason (`injection`, `auth_abuse`, `scanning`, `rate_abuse`, `flood`) or `risk`.
+    pub reason: String,
+    /// `block`, or `detect` (the action was only logged).
+    pub mode: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +44,8 @@ pub struct Metrics {
     pub open_connections: Gauge,
     pub rejected_connections: Counter,
     pub reloads_failed: Counter,
+    /// Actions of the self-protection loop, enforced or (in detect mode) only logged.
+    pub risk_actions: Family<RiskActionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,6 +69,12 @@ impl Metrics {
         let open_connections = Gauge::default();
         let rejected_connections = Counter::default();
         let reloads_failed = Counter::default();
+        let risk_actions = Family::<RiskActionLabels, Counter>::default();
+        registry.register(
+            "risk_actions",
+            "Self-protection actions (bans, identity blocks, rate refusals), by action, reason and mode",
+            risk_actions.clone(),
+        );
         registry.register(
             "requests",
             "Requests answered, by route and status",
@@ -101,6 +119,7 @@ impl Metrics {
             open_connections,
             rejected_connections,
             reloads_failed,
+            risk_actions,
         }
     }
 

@@ -44,8 +44,10 @@ impl Generation {
             .iter()
             .map(|u| (u.name.as_str(), Arc::new(Upstream::new(u))))
             .collect();
-        let router = Router::new(&config.routes, |name| upstreams.get(name).cloned())
-            .ok_or_else(|| Error::Config("a route names an unknown upstream".into()))?;
+        let router = Router::new(&config.routes, config.inspection.as_ref(), |name| {
+            upstreams.get(name).cloned()
+        })
+        .ok_or_else(|| Error::Config("a route names an unknown upstream".into()))?;
         let tls = config
             .listeners
             .iter()

@@ -32,7 +32,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::server::{ConnectionVerdict, SourceGate};
 use self::{connections::ConnectionRegistry, generation::Generation};
-use crate::{Error, config::Config, metrics::Metrics};
+use crate::{
+    Error,
+    addr::Cidr,
+    config::Config,
+    metrics::Metrics,
+    risk::{RiskEngine, enforce::Enforcer},
+};
 
 /// State shared by every connection, across config generations.
 pub struct Proxy {
@@ -43,6 +49,9 @@ pub struct Proxy {
     /// Cancelled on SIGTERM / ctrl-c: listeners stop accepting, connections finish their in-flight requests.
     pub shutdown: CancellationToken,
     pub ready: AtomicBool,
+    /// The self-protection loop: risk scores, bans into the kernel maps, identity blocks. Outlives reloads
+    /// (scores and strikes are not lost to a SIGHUP); `[risk]` changes need a restart.
+    pub risk: Arc<Enforcer>,
     source_gate: Option<Arc<dyn SourceGate>>,
     request_seq: AtomicU64,
     request_prefix: u32,
@@ -182,13 +191,17 @@ pub async fn start(
     let admin = TcpListener::bind(admin_addr)
         .await
         .map_err(|e| Error::io(format!("binding the admin listener on {admin_addr}"), e))?;
+    let connections = Arc::new(ConnectionRegistry::default());
+    let risk = Arc::new(build_enforcer(&generation.config, connections.clone())?);
+    let source_gate = source_gate.or_else(|| Some(risk.clone() as Arc<dyn SourceGate>));
     let proxy = Arc::new(Proxy {
         config_path: config_path.to_owned(),
         current: ArcSwap::from_pointee(generation),
         metrics: Metrics::new(),
-        connections: Arc::new(ConnectionRegistry::default()),
+        connections,
         shutdown: CancellationToken::new(),
         ready: AtomicBool::new(false),
+        risk,
         source_gate,
         request_seq: AtomicU64::new(0),
         request_prefix: random_u32(),
@@ -281,6 +294,41 @@ fn worker(
         let _ = ready.send(Ok(()));
         stopped.cancelled().await;
     });
+}
+
+/// The self-protection loop: the kernel maps when `[xdp]` names interfaces (attached here), and a risk engine
+/// that never bans loopback, the proxy's own addresses, its upstreams or the allowlists.
+fn build_enforcer(config: &Config, connections: Arc<ConnectionRegistry>) -> Result<Enforcer, Error> {
+    config.risk.check().map_err(Error::Config)?;
+    let kernel = crate::xdp::daemon::setup(&config.xdp)?;
+    let mut protected: Vec<Cidr> = config.xdp.allowlist.clone();
+    let host = |ip: std::net::IpAddr| (!ip.is_unspecified()).then(|| Cidr::from(ip));
+    protected.extend(config.listeners.iter().filter_map(|l| host(l.listen.ip())));
+    protected.extend(
+        config
+            .upstreams
+            .iter()
+            .flat_map(|u| u.endpoints.iter())
+            .filter_map(|e| host(e.ip())),
+    );
+    if let Some(maps) = &kernel {
+        protected.extend(
+            maps.list(crate::xdp::ListKind::Allowlist)?
+                .into_iter()
+                .map(|e| e.cidr),
+        );
+    }
+    let routes: Vec<String> = config.routes.iter().map(|r| r.label().to_owned()).collect();
+    let engine = RiskEngine::new(config.risk.clone(), &routes, protected);
+    // A restarted daemon remembers its repeat offenders from the kernel's bans.
+    if let Some(maps) = &kernel {
+        let now = std::time::Instant::now();
+        for ban in maps.bans()? {
+            engine.note_strikes(ban.addr, ban.strikes, now);
+        }
+    }
+    tracing::info!(mode = ?config.risk.mode, kernel = kernel.is_some(), "self-protection loop ready");
+    Ok(Enforcer::new(engine, kernel, connections))
 }
 
 /// The daemon: starts, reloads on SIGHUP, drains on SIGTERM or ctrl-c.

@@ -20,7 +20,6 @@ use std::{
     time::Instant,
 };
 
-use bytes::Bytes;
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
@@ -40,10 +39,12 @@ use super::{
     upstream::Endpoint,
 };
 use crate::{
-    event::Identity,
+    event::{EventKind, Identity, SecurityEvent, Severity},
     identity::{RouteAuth, config::AuthMode, failure_name},
+    inspect::RequestView,
     logging::ACCESS,
     metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
+    risk::{Context as RiskContext, Signal, enforce::Refusal},
 };
 
 /// What the proxy knows about the client connection a request came on. It also holds the connection's place in
@@ -83,6 +84,7 @@ pub enum Reject {
     Unauthorized,
     Forbidden,
     PayloadTooLarge,
+    TooManyRequests,
     BadGateway,
     ServiceUnavailable,
     GatewayTimeout,
@@ -98,6 +100,7 @@ impl Reject {
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
             Self::Forbidden => StatusCode::FORBIDDEN,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
             Self::BadGateway => StatusCode::BAD_GATEWAY,
             Self::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -112,6 +115,7 @@ impl Reject {
             Self::Unauthorized => "unauthorized",
             Self::Forbidden => "forbidden",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::TooManyRequests => "too_many_requests",
             Self::BadGateway => "bad_gateway",
             Self::ServiceUnavailable => "service_unavailable",
             Self::GatewayTimeout => "gateway_timeout",
@@ -159,10 +163,11 @@ async fn run_phases(
     let generation = ctx.generation.clone();
     let route = route(ctx, &generation, &req)?;
     auth(proxy, ctx, route, req.headers_mut()).await?;
+    rate(proxy, ctx, route)?;
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
-    let body = inspect(ctx, &parts, body).await?;
+    let body = inspect(proxy, ctx, route, &parts, body).await?;
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
     Ok(response(ctx, conn, upstream_resp, client_upgrade))
@@ -185,6 +190,30 @@ fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(
     let subject = ctx.generation.subject_header.clone();
     req.headers_mut().remove(&subject);
     Ok(())
+}
+
+/// Phase 3b: the caller's rate against the route's learned normal, and identity blocks.
+fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject> {
+    if let Some(identity) = &ctx.identity
+        && proxy.risk.identity_refused(identity)
+    {
+        ctx.verdict = "block_identity";
+        return Err(Reject::Forbidden);
+    }
+    match proxy
+        .risk
+        .observe(&risk_context(ctx, Some(route)), Signal::Request, &proxy.metrics)
+    {
+        None => Ok(()),
+        Some(Refusal::Forbidden) => {
+            ctx.verdict = "block_risk";
+            Err(Reject::Forbidden)
+        }
+        Some(Refusal::TooManyRequests) => {
+            ctx.verdict = "block_rate";
+            Err(Reject::TooManyRequests)
+        }
+    }
 }
 
 /// Phase 2.
@@ -261,12 +290,12 @@ async fn auth(
                     kind: failure_name(rejection.event_kind).into(),
                 })
                 .inc();
-            crate::logging::security_event(&rejection.to_event(
-                ctx.source,
-                ctx.route.clone(),
-                Some(ctx.id.clone()),
-            ));
+            let event = rejection.to_event(ctx.source, ctx.route.clone(), Some(ctx.id.clone()));
+            crate::logging::security_event(&event);
             ctx.identity = rejection.identity;
+            // Token tampering and credential guessing raise the source's (and a known identity's) risk; the
+            // refusal is 401/403 either way.
+            let _ = risk_event(proxy, ctx, route, &event);
             Err(if rejection.status == StatusCode::FORBIDDEN {
                 Reject::Forbidden
             } else {
@@ -286,47 +315,94 @@ fn request_body(ctx: &RequestCtx, incoming: Incoming) -> ProxyBody {
     Limited::new(Counted::new(incoming, ctx.bytes_in.clone()), max).boxed()
 }
 
-/// What the inspector decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum InspectVerdict {
-    Allow,
-    Block,
-}
-
-/// Phase 4. Runs only when `[inspection]` is configured: buffers at most `limits.inspect_body_bytes` of the body
-/// and hands the head and that prefix to the inspector; the rest of the body streams past.
+/// Phase 4. Runs only when `[inspection]` is configured: buffers at most the policy's body window (and
+/// `limits.inspect_body_bytes`) and hands the head and that prefix to the inspector; the rest streams past.
 async fn inspect(
+    proxy: &Proxy,
     ctx: &mut RequestCtx,
+    route: &Route,
     parts: &http::request::Parts,
     body: ProxyBody,
 ) -> Result<ProxyBody, Reject> {
-    let generation = ctx.generation.clone();
-    let Some(policy) = generation.config.inspection.as_ref() else {
+    let Some(policy) = route.policy.clone() else {
         return Ok(body);
     };
-    let limit = ctx.generation.limits().inspect_body_bytes;
+    let limit = ctx
+        .generation
+        .limits()
+        .inspect_body_bytes
+        .min(policy.max_body_bytes());
+    let declared = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     let (prefix, body) = body::buffer_prefix(body, limit)
         .await
         .map_err(|e| client_body_error(ctx, &*e))?;
-    match inspect_request(parts, &prefix, policy) {
-        InspectVerdict::Allow => Ok(body),
-        InspectVerdict::Block => {
-            ctx.verdict = "block_inspect";
-            Err(Reject::Forbidden)
-        }
+    let truncated = declared.is_some_and(|n| n > prefix.len() as u64) || prefix.len() >= limit;
+    let headers: Vec<(&str, &[u8])> = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_bytes()))
+        .collect();
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let view = RequestView {
+        method: parts.method.as_str(),
+        target,
+        headers: &headers,
+        body: &prefix,
+        body_truncated: truncated,
+    };
+    let verdict = crate::inspect::inspect(&view, &policy);
+    let Some(category) = verdict.category() else {
+        return Ok(body);
+    };
+    let event = SecurityEvent {
+        at: std::time::SystemTime::now(),
+        source: ctx.source,
+        identity: ctx.identity.clone(),
+        route: ctx.route.clone(),
+        request_id: Some(ctx.id.clone()),
+        kind: EventKind::Attack(category),
+        severity: verdict.severity().unwrap_or(Severity::Notice),
+        evidence: verdict.findings.iter().map(|f| f.evidence.clone()).collect(),
+    };
+    crate::logging::security_event(&event);
+    // Only findings that took the request over the threshold feed the risk engine: what the policy judges
+    // harmless must not ban anyone either.
+    let refusal = if verdict.over_threshold {
+        risk_event(proxy, ctx, route, &event)
+    } else {
+        None
+    };
+    if verdict.blocked || refusal.is_some() {
+        ctx.verdict = "block_inspect";
+        return Err(Reject::Forbidden);
     }
+    if verdict.over_threshold {
+        ctx.verdict = "detect_inspect";
+    }
+    Ok(body)
 }
 
-/// TODO(inspect seam): call `crate::inspect::inspect(&RequestView, &Policy) -> Verdict` here, with the
-/// `RequestView` built from `parts` and `body_prefix`, and the `Policy` parsed from `[inspection]` once per
-/// generation (in `Generation::build`); emit its findings as `SecurityEvent`s through
-/// `crate::logging::security_event`. Until the inspector lands, every request is allowed.
-fn inspect_request(
-    _parts: &http::request::Parts,
-    _body_prefix: &Bytes,
-    _policy: &toml::Table,
-) -> InspectVerdict {
-    InspectVerdict::Allow
+/// Feeds a security event to the risk engine; returns the refusal it calls for.
+fn risk_event(proxy: &Proxy, ctx: &RequestCtx, route: &Route, event: &SecurityEvent) -> Option<Refusal> {
+    let rctx = risk_context(ctx, Some(route));
+    proxy.risk.observe(&rctx, Signal::Event(event), &proxy.metrics)
+}
+
+fn risk_context<'a>(ctx: &'a RequestCtx, route: Option<&Route>) -> RiskContext<'a> {
+    RiskContext {
+        source: ctx.source,
+        identity: ctx.identity.as_ref(),
+        route: ctx.route.as_deref(),
+        sensitivity: route.map_or(1.0, |r| r.sensitivity),
+        request_id: Some(&ctx.id),
+    }
 }
 
 fn client_body_error(ctx: &mut RequestCtx, e: &(dyn std::error::Error + 'static)) -> Reject {
@@ -594,6 +670,14 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         status: status.as_u16(),
     };
     proxy.metrics.requests.get_or_create(&labels).inc();
+    // 4xx bursts are scanning; the answer itself is already out, so only a ban can follow.
+    if status.is_client_error() && matches!(ctx.verdict, "allow" | "error") {
+        let _ = proxy.risk.observe(
+            &risk_context(ctx, None),
+            Signal::Status(status.as_u16()),
+            &proxy.metrics,
+        );
+    }
     proxy
         .metrics
         .latency

@@ -20,6 +20,10 @@ pub struct Route {
     pub auth: AuthMode,
     pub scopes: Vec<String>,
     pub upstream: Arc<Upstream>,
+    /// The inspection policy with this route's overrides applied; `None` when inspection is off.
+    pub policy: Option<Arc<crate::inspect::Policy>>,
+    /// Weight of this route's events in the risk engine.
+    pub sensitivity: f64,
 }
 
 #[derive(Debug)]
@@ -37,7 +41,11 @@ pub struct Router {
 
 impl Router {
     #[must_use]
-    pub fn new(configs: &[RouteConfig], upstream: impl Fn(&str) -> Option<Arc<Upstream>>) -> Option<Self> {
+    pub fn new(
+        configs: &[RouteConfig],
+        policy: Option<&crate::inspect::Policy>,
+        upstream: impl Fn(&str) -> Option<Arc<Upstream>>,
+    ) -> Option<Self> {
         let mut routes = Vec::with_capacity(configs.len());
         for c in configs {
             routes.push(Route {
@@ -48,6 +56,14 @@ impl Router {
                 auth: c.auth,
                 scopes: c.scopes.clone(),
                 upstream: upstream(&c.upstream)?,
+                policy: policy.map(|p| {
+                    Arc::new(
+                        c.inspection
+                            .as_ref()
+                            .map_or_else(|| p.clone(), |o| p.with_override(o)),
+                    )
+                }),
+                sensitivity: c.sensitivity,
             });
         }
         // Stable sort keeps file order among equals, so the first-written of two identical routes wins.
@@ -106,6 +122,8 @@ mod tests {
             auth: AuthMode::None,
             methods: methods.to_vec(),
             scopes: vec![],
+            inspection: None,
+            sensitivity: 1.0,
         }
     }
 
@@ -124,6 +142,7 @@ mod tests {
                 route("orders-items", None, "/orders/items", &[]),
                 route("admin-host", Some("Admin.Example"), "/", &[]),
             ],
+            None,
             |_| Some(up.clone()),
         )
         .unwrap();

@@ -7,6 +7,7 @@
 //! each keeps a fixed-length chain of the events that raised it (the forensic record of a ban).
 
 pub mod config;
+pub mod enforce;
 
 use std::{
     collections::{HashMap, VecDeque},

@@ -3,6 +3,7 @@
 
 pub mod bpffs;
 pub mod commands;
+pub mod daemon;
 pub mod loader;
 pub mod maps;
 pub mod pins;
@@ -16,7 +17,7 @@ pub use maps::{KernelMaps, ListKind};
 pub use pins::PinDir;
 
 /// How the program is attached to an interface.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum AttachMode {
     /// In the driver, before the kernel allocates an skb: the fast path.
