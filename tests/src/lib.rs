@@ -379,6 +379,92 @@ pub fn http_get(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) -> Resul
     })
 }
 
+/// One HTTP/1.1 GET of `path` from inside `ns`; the status code, or `Err` with the reason (a connection that
+/// times out is what an XDP drop looks like from the client).
+pub fn http_status(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<u16, String> {
+    let path = path.to_owned();
+    ns.run(move || {
+        let target = SocketAddr::new(addr, port);
+        let mut s =
+            TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect {target}: {e}"))?;
+        s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .map_err(|e| format!("send: {e}"))?;
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).map_err(|e| format!("read: {e}"))?;
+        std::str::from_utf8(&head[9..12])
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| "bad status line".to_owned())
+    })
+}
+
+/// A `rasp-proxy run` daemon inside a namespace, stopped (SIGTERM, then SIGKILL) on drop; its output goes to a
+/// file the test can read.
+pub struct Daemon {
+    child: std::process::Child,
+    pub log: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl Daemon {
+    /// Writes `config` to a temp dir and starts the daemon in `ns`.
+    #[must_use]
+    pub fn start(ns: &Netns, config: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique("rasp-daemon-"));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config_path = dir.join("rasp-proxy.toml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = dir.join("daemon.log");
+        let out = File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = ns
+            .command(rasp_proxy_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start rasp-proxy run: {e}"));
+        Self { child, log, dir }
+    }
+
+    /// Everything the daemon printed so far.
+    #[must_use]
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: signalling our own child by pid.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                let _ = std::fs::remove_dir_all(&self.dir);
+                return;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Whether a GET succeeds with `200` within `timeout`.
 #[must_use]
 pub fn reachable(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) -> bool {

@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use serde::Serialize;
-
 use super::{BanAction, ChainLink, Context, IdentityBlockAction, Mode, Outcome, RiskEngine, Signal};
 use crate::{
     event::Identity,
@@ -35,18 +33,6 @@ pub struct Enforcer {
     /// The pinned kernel maps, when the daemon runs with XDP.
     kernel: Option<Mutex<KernelMaps>>,
     connections: Arc<ConnectionRegistry>,
-}
-
-#[derive(Serialize)]
-struct ForensicRecord<'a> {
-    action: &'static str,
-    mode: Mode,
-    subject: String,
-    reason: &'a str,
-    ttl_secs: u64,
-    strike: u32,
-    score: f64,
-    chain: &'a [ChainLink],
 }
 
 impl Enforcer {
@@ -142,7 +128,7 @@ impl Enforcer {
             .inc();
         self.forensic(
             if block { "ban" } else { "would_ban" },
-            ban.addr.to_string(),
+            &ban.addr.to_string(),
             reason,
             ban.ttl,
             ban.strike,
@@ -167,7 +153,7 @@ impl Enforcer {
             } else {
                 "would_block_identity"
             },
-            b.identity.clone(),
+            &b.identity,
             "risk",
             b.ttl,
             b.strike,
@@ -183,27 +169,27 @@ impl Enforcer {
     fn forensic(
         &self,
         action: &'static str,
-        subject: String,
+        subject: &str,
         reason: &str,
         ttl: Duration,
         strike: u32,
         score: f64,
         chain: &[ChainLink],
     ) {
-        let record = ForensicRecord {
+        // Top-level fields stay queryable in the JSON log; the chain rides along as one JSON document.
+        let chain = serde_json::to_string(chain).unwrap_or_else(|e| format!("[\"unserialisable: {e}\"]"));
+        tracing::warn!(
+            target: FORENSIC,
             action,
-            mode: self.mode(),
-            subject,
+            mode = self.mode_name(),
+            subject = %subject,
             reason,
-            ttl_secs: ttl.as_secs(),
+            ttl_secs = ttl.as_secs(),
             strike,
             score,
-            chain,
-        };
-        match serde_json::to_string(&record) {
-            Ok(json) => tracing::warn!(target: FORENSIC, record = %json),
-            Err(e) => tracing::error!(error = %e, "could not serialise a forensic record"),
-        }
+            chain = %chain,
+            "{action}"
+        );
     }
 
     /// Closes the source's open connections just after the current response has gone out, so the request that

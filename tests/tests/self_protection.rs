@@ -1,0 +1,180 @@
+//! The self-protection loop end to end: `rasp-proxy run` with XDP on the host's veths, a real upstream, an
+//! attacker sending injection payloads and a legitimate client, in network namespaces.
+
+use std::time::Duration;
+
+use rasp_tests::{Daemon, Lab, eventually, http_status, reachable};
+use serde_json::Value;
+
+const PROXY: u16 = 8080;
+const UPSTREAM: u16 = 9001;
+const TIMEOUT: Duration = Duration::from_millis(700);
+const SQLI: &str = "/search?q=1%27%20OR%20%271%27%3D%271";
+
+fn config(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> String {
+    let ifaces: Vec<String> = lab
+        .clients
+        .iter()
+        .map(|c| format!("{:?}", c.host_iface))
+        .collect();
+    format!(
+        r#"
+[xdp]
+interfaces = [{ifaces}]
+pin_dir = "{pins}"
+
+[admin]
+listen = "127.0.0.1:9901"
+
+[[listener]]
+listen = "0.0.0.0:{PROXY}"
+
+[[upstream]]
+name = "app"
+endpoints = ["127.0.0.1:{UPSTREAM}"]
+
+[[route]]
+path_prefix = "/"
+upstream = "app"
+
+[inspection]
+mode = "{inspection_mode}"
+
+[risk]
+mode = "{risk_mode}"
+ban_ttls = ["3s", "8s"]
+"#,
+        ifaces = ifaces.join(", "),
+        pins = lab.pins.path.display(),
+    )
+}
+
+fn json(lab: &Lab, args: &[&str]) -> Value {
+    let out = lab.cli_ok(args);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from rasp-proxy {args:?} ({e}): {out}"))
+}
+
+fn ban_of(lab: &Lab, addr: &str) -> Option<Value> {
+    json(lab, &["maps", "dump", "bans", "--json"])
+        .as_array()?
+        .iter()
+        .find(|b| b["addr"] == addr)
+        .cloned()
+}
+
+fn start(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> Daemon {
+    let daemon = Daemon::start(&lab.host, &config(lab, risk_mode, inspection_mode));
+    let client = &lab.clients[0];
+    let up = eventually(Duration::from_secs(10), || {
+        http_status(&client.ns, client.host_v4(), PROXY, "/", TIMEOUT) == Ok(200)
+    });
+    assert!(up, "the proxy did not come up:\n{}", daemon.output());
+    daemon
+}
+
+#[test]
+fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() {
+    let lab = Lab::new(2);
+    let _upstream = lab.http_server(UPSTREAM);
+    let daemon = start(&lab, "block", "block");
+    let (client, attacker) = (&lab.clients[0], &lab.clients[1]);
+    let attacker_addr = attacker.v4().to_string();
+
+    // Injection payloads are refused at L7 until the source crosses the ban threshold.
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        match http_status(&attacker.ns, attacker.host_v4(), PROXY, SQLI, TIMEOUT) {
+            Ok(s) => statuses.push(s),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        !statuses.is_empty() && statuses.iter().all(|&s| s == 403),
+        "attacks get 403: {statuses:?}"
+    );
+    assert!(
+        statuses.len() < 10,
+        "the attacker must be cut off after a few attacks: {statuses:?}"
+    );
+    let ban = ban_of(&lab, &attacker_addr).unwrap_or_else(|| panic!("no kernel ban:\n{}", daemon.output()));
+    assert_eq!(ban["reason"], "injection");
+    assert_eq!(ban["strikes"], 1);
+    assert!(
+        ban["note"].as_str().is_some_and(|n| n.contains("sqli")),
+        "the note names the rules: {ban}"
+    );
+
+    // The kernel now drops the attacker's packets: connections time out, even on a fresh port.
+    assert!(
+        http_status(&attacker.ns, attacker.host_v4(), PROXY, "/", TIMEOUT).is_err(),
+        "attacker's SYNs are dropped"
+    );
+    assert!(
+        !reachable(&attacker.ns, attacker.host_v4(), UPSTREAM, TIMEOUT),
+        "dropped for every port"
+    );
+    assert_eq!(
+        http_status(&client.ns, client.host_v4(), PROXY, "/", TIMEOUT),
+        Ok(200),
+        "the client is still served"
+    );
+    let stats = json(&lab, &["maps", "dump", "stats", "--json"]);
+    let dropped = stats
+        .as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == "dropped_ban"))
+        .map(|s| s["packets"].clone());
+    assert!(
+        dropped.and_then(|d| d.as_u64()).unwrap_or(0) > 0,
+        "XDP counted the drops: {stats}"
+    );
+    assert!(
+        daemon.output().contains("\"action\":\"ban\""),
+        "a forensic record was logged:\n{}",
+        daemon.output()
+    );
+
+    // The ban expires on its own; a repeat offender's second ban is longer.
+    let back = eventually(Duration::from_secs(6), || {
+        reachable(&attacker.ns, attacker.host_v4(), UPSTREAM, TIMEOUT)
+    });
+    assert!(back, "the 3 s ban expires without userspace action");
+    for _ in 0..10 {
+        if http_status(&attacker.ns, attacker.host_v4(), PROXY, SQLI, TIMEOUT).is_err() {
+            break;
+        }
+    }
+    let ban = ban_of(&lab, &attacker_addr).expect("second ban");
+    assert_eq!(ban["strikes"], 2, "{ban}");
+    assert!(
+        ban["remaining"].as_f64().unwrap_or(0.0) > 4.0,
+        "the second ban uses the longer TTL: {ban}"
+    );
+}
+
+#[test]
+fn detect_mode_bans_nothing_and_logs_every_would_be_ban() {
+    let lab = Lab::new(2);
+    let _upstream = lab.http_server(UPSTREAM);
+    let daemon = start(&lab, "detect", "detect");
+    let attacker = &lab.clients[1];
+    for _ in 0..8 {
+        assert_eq!(
+            http_status(&attacker.ns, attacker.host_v4(), PROXY, SQLI, TIMEOUT),
+            Ok(200),
+            "detect mode refuses nothing"
+        );
+    }
+    assert!(
+        ban_of(&lab, &attacker.v4().to_string()).is_none(),
+        "detect mode writes no ban"
+    );
+    let seen = eventually(Duration::from_secs(2), || {
+        daemon.output().contains("\"action\":\"would_ban\"")
+    });
+    assert!(seen, "the would-be ban is logged:\n{}", daemon.output());
+    assert!(
+        daemon.output().contains("\"mode\":\"detect\""),
+        "{}",
+        daemon.output()
+    );
+}
