@@ -1,5 +1,6 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz` and `POST /admin/reload`. It binds to loopback by
-//! default because it is unauthenticated.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `POST /admin/reload`, and the self-protection API
+//! (`/admin/bans[/{addr}]`: list, explain, lift; `/admin/identities[/{id}]`: list blocked, lift). It binds to
+//! loopback by default because it is unauthenticated.
 
 use std::{
     convert::Infallible,
@@ -93,12 +94,108 @@ async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBod
             };
             reply(status, "application/json", body.to_string())
         }
+        (method, path) if path == "/admin/bans" || path.starts_with("/admin/bans/") => bans(
+            proxy,
+            method,
+            path.trim_start_matches("/admin/bans").trim_start_matches('/'),
+        ),
+        (method, path) if path == "/admin/identities" || path.starts_with("/admin/identities/") => {
+            identities(
+                proxy,
+                method,
+                path.trim_start_matches("/admin/identities")
+                    .trim_start_matches('/'),
+            )
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "application/json",
             r#"{"error":"not_found"}"#.into(),
         ),
     }
+}
+
+/// `GET /admin/bans`, `GET /admin/bans/{addr}` (why it is banned), `DELETE /admin/bans/{addr}` (lift).
+fn bans(proxy: &Proxy, method: &Method, addr: &str) -> Response<ProxyBody> {
+    let result = match (method, addr) {
+        (&Method::GET, "") => proxy.risk.bans().map(|b| serde_json::json!(b)),
+        (_, "") => return not_allowed(),
+        (m, a) => {
+            let Ok(ip) = crate::addr::parse_addr(a) else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "error": "invalid address" }),
+                );
+            };
+            match *m {
+                Method::GET => proxy.risk.explain(ip).map(|e| serde_json::json!(e)),
+                Method::DELETE => proxy
+                    .risk
+                    .lift(ip)
+                    .map(|lifted| serde_json::json!({ "lifted": lifted })),
+                _ => return not_allowed(),
+            }
+        }
+    };
+    match result {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(e) => json(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            &serde_json::json!({ "error": e.to_string() }),
+        ),
+    }
+}
+
+/// `GET /admin/identities` (blocked ones), `DELETE /admin/identities/{identity}` (lift the block).
+fn identities(proxy: &Proxy, method: &Method, identity: &str) -> Response<ProxyBody> {
+    match (method, identity) {
+        (&Method::GET, "") => json(
+            StatusCode::OK,
+            &serde_json::json!(proxy.risk.blocked_identities()),
+        ),
+        (&Method::DELETE, id) if !id.is_empty() => {
+            let id = percent_decode(id);
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "lifted": proxy.risk.unblock_identity(&id) }),
+            )
+        }
+        _ => not_allowed(),
+    }
+}
+
+/// Identities hold `:` and `/` (`jwt:https://issuer:sub`), so clients percent-encode them in the path.
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|&b| hex(b)),
+                bytes.get(i + 2).and_then(|&b| hex(b)),
+            )
+        {
+            out.push(u8::try_from(h * 16 + l).unwrap_or(b'?'));
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn not_allowed() -> Response<ProxyBody> {
+    json(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &serde_json::json!({ "error": "method_not_allowed" }),
+    )
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<ProxyBody> {
+    reply(status, "application/json", value.to_string())
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: String) -> Response<ProxyBody> {

@@ -58,6 +58,12 @@ pub enum Command {
     /// Read the pinned maps.
     #[command(subcommand)]
     Maps(MapsCommand),
+    /// Bans placed by the self-protection loop: list, explain, lift.
+    #[command(subcommand)]
+    Bans(crate::risk::commands::BansCommand),
+    /// Identities refused at L7: list, unblock.
+    #[command(subcommand)]
+    Identities(crate::risk::commands::IdentitiesCommand),
     /// Run the payload inspector over request corpora (JSONL) and report detection and false-positive rates.
     Eval(crate::eval::EvalArgs),
 }
@@ -92,6 +98,8 @@ pub fn run(cli: Cli) -> Result<(), Error> {
                 Command::Blocklist(cmd) => commands::run_list(pins, ListKind::Blocklist, &cmd),
                 Command::Allowlist(cmd) => commands::run_list(pins, ListKind::Allowlist, &cmd),
                 Command::Maps(cmd) => commands::run_maps(pins, &cmd),
+                Command::Bans(cmd) => crate::risk::commands::run_bans(pins, &cmd),
+                Command::Identities(cmd) => crate::risk::commands::run_identities(&cmd),
                 Command::Run(_) | Command::Check(_) | Command::Eval(_) => Ok(()),
             }
         }

@@ -133,6 +133,15 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         daemon.output()
     );
 
+    // `bans explain` asks the daemon's admin API for the chain of events behind the ban.
+    let explain = lab.cli_ok(&["bans", "explain", &attacker_addr]);
+    let explain: Value =
+        serde_json::from_str(&explain).unwrap_or_else(|e| panic!("bad JSON ({e}): {explain}"));
+    assert_eq!(explain["ban"]["reason"], "injection", "{explain}");
+    let chain = explain["chain"].as_array().cloned().unwrap_or_default();
+    assert!(chain.len() >= 2, "the chain holds the attacks: {explain}");
+    assert_eq!(chain[0]["evidence"][0]["location"], "query:q", "{explain}");
+
     // The ban expires on its own; a repeat offender's second ban is longer.
     let back = eventually(Duration::from_secs(6), || {
         reachable(&attacker.ns, attacker.host_v4(), UPSTREAM, TIMEOUT)

@@ -339,8 +339,16 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
         .map_err(|e| Error::io("installing the SIGHUP handler", e))?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::io("installing the SIGTERM handler", e))?;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ticks: u64 = 0;
     loop {
         tokio::select! {
+            _ = tick.tick() => {
+                ticks += 1;
+                let proxy = running.proxy.clone();
+                // Map reads are syscalls; keep them off the reactor threads.
+                let _ = tokio::task::spawn_blocking(move || proxy.risk.tick(&proxy.metrics, ticks.is_multiple_of(10))).await;
+            }
             _ = hup.recv() => {
                 let proxy = running.proxy.clone();
                 // Reading key files may block; keep it off the reactor threads.

@@ -247,3 +247,117 @@ impl SourceGate for Enforcer {
         maps.ban_of(source).ok().flatten().is_some_and(|b| !b.expired)
     }
 }
+
+/// One ban as the admin API explains it: the kernel's entry (time left, hits, note) and the chain of events the
+/// engine recorded for the source.
+#[derive(Debug, serde::Serialize)]
+pub struct Explanation {
+    pub addr: IpAddr,
+    /// The kernel's ban, if one is in the map (expired ones stay until reaped).
+    pub ban: Option<crate::xdp::maps::BanRecord>,
+    pub strikes: u32,
+    pub chain: Vec<ChainLink>,
+}
+
+/// An identity refused at L7.
+#[derive(Debug, serde::Serialize)]
+pub struct BlockedIdentity {
+    pub identity: String,
+    pub remaining_secs: u64,
+    pub chain: Vec<ChainLink>,
+}
+
+impl Enforcer {
+    /// Why `addr` is banned (or what the engine holds against it).
+    pub fn explain(&self, addr: IpAddr) -> Result<Explanation, crate::Error> {
+        let ban = match &self.kernel {
+            Some(k) => k.lock().unwrap_or_else(PoisonError::into_inner).ban_of(addr)?,
+            None => None,
+        };
+        Ok(Explanation {
+            addr,
+            strikes: ban
+                .as_ref()
+                .map_or(0, |b| b.strikes)
+                .max(self.engine.source_strikes(addr)),
+            ban,
+            chain: self.engine.source_chain(addr),
+        })
+    }
+
+    /// Every kernel ban, explained.
+    pub fn bans(&self) -> Result<Vec<Explanation>, crate::Error> {
+        let Some(k) = &self.kernel else {
+            return Ok(Vec::new());
+        };
+        let bans = k.lock().unwrap_or_else(PoisonError::into_inner).bans()?;
+        Ok(bans
+            .into_iter()
+            .map(|b| Explanation {
+                addr: b.addr,
+                strikes: b.strikes.max(self.engine.source_strikes(b.addr)),
+                chain: self.engine.source_chain(b.addr),
+                ban: Some(b),
+            })
+            .collect())
+    }
+
+    /// Lifts a kernel ban. Returns whether there was one.
+    pub fn lift(&self, addr: IpAddr) -> Result<bool, crate::Error> {
+        match &self.kernel {
+            Some(k) => k.lock().unwrap_or_else(PoisonError::into_inner).unban(addr),
+            None => Ok(false),
+        }
+    }
+
+    #[must_use]
+    pub fn blocked_identities(&self) -> Vec<BlockedIdentity> {
+        self.engine
+            .blocked_identities(Instant::now())
+            .into_iter()
+            .map(|(identity, left, chain)| BlockedIdentity {
+                identity,
+                remaining_secs: left.as_secs(),
+                chain,
+            })
+            .collect()
+    }
+
+    #[must_use]
+    pub fn unblock_identity(&self, identity: &str) -> bool {
+        self.engine.unblock_identity(identity)
+    }
+
+    /// Housekeeping, once a second: kernel packet rates into the engine (volumetric abuse the proxy never sees)
+    /// and, every `reap_every` calls, expired bans out of the map.
+    pub fn tick(&self, metrics: &Metrics, reap: bool) {
+        let Some(kernel) = &self.kernel else { return };
+        let flood_pps = self.engine.config().flood_pps;
+        let rates = {
+            let mut maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
+            if reap && let Err(e) = maps.reap_expired_bans() {
+                tracing::warn!(error = %e, "could not reap expired bans");
+            }
+            if flood_pps <= 0.0 {
+                return;
+            }
+            match maps.rates() {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not read the kernel rates");
+                    return;
+                }
+            }
+        };
+        for r in rates.iter().take_while(|r| r.packets_per_sec > flood_pps) {
+            let ctx = Context {
+                source: r.addr,
+                identity: None,
+                route: None,
+                sensitivity: 1.0,
+                request_id: None,
+            };
+            let _ = self.observe(&ctx, Signal::KernelPps(r.packets_per_sec), metrics);
+        }
+    }
+}

@@ -6,6 +6,7 @@
 //! Bounded: sources and identities live in LRU caches of configured size, routes are those in the config, and
 //! each keeps a fixed-length chain of the events that raised it (the forensic record of a ban).
 
+pub mod commands;
 pub mod config;
 pub mod enforce;
 
