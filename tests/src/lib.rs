@@ -172,6 +172,12 @@ pub struct Lab {
 impl Lab {
     #[must_use]
     pub fn new(clients: u8) -> Self {
+        Self::with_pins(clients, PinDirGuard::new())
+    }
+
+    /// A lab whose pin directory is given (e.g. the one a shipped config names).
+    #[must_use]
+    pub fn with_pins(clients: u8, pins: PinDirGuard) -> Self {
         let host = Netns::new("rh");
         let mut list = Vec::new();
         for i in 1..=clients {
@@ -220,7 +226,7 @@ impl Lab {
         }
         Self {
             clients: list,
-            pins: PinDirGuard::new(),
+            pins,
             host,
         }
     }
