@@ -53,7 +53,7 @@ fn main() {
         report(
             "client",
             "GET /orders?id=42",
-            http_status(&client.ns, client.host_v4(), PROXY, LEGIT, TIMEOUT),
+            &http_status(&client.ns, client.host_v4(), PROXY, LEGIT, TIMEOUT),
         );
     }
 
@@ -64,7 +64,7 @@ fn main() {
     for _ in 0..8 {
         let r = http_status(&attacker.ns, attacker.host_v4(), PROXY, ATTACK, TIMEOUT);
         let dropped = r.is_err();
-        report("attacker", "SQLi", r);
+        report("attacker", "SQLi", &r);
         if dropped {
             break;
         }
@@ -73,7 +73,7 @@ fn main() {
     report(
         "attacker",
         "GET /orders?id=42",
-        http_status(&attacker.ns, attacker.host_v4(), PROXY, LEGIT, TIMEOUT),
+        &http_status(&attacker.ns, attacker.host_v4(), PROXY, LEGIT, TIMEOUT),
     );
     send_udp(&attacker.ns, attacker.host_v4(), 9, 200, 64);
     println!("  attacker also sent 200 UDP packets");
@@ -81,7 +81,7 @@ fn main() {
         report(
             "client",
             "GET /orders?id=42",
-            http_status(&client.ns, client.host_v4(), PROXY, LEGIT, TIMEOUT),
+            &http_status(&client.ns, client.host_v4(), PROXY, LEGIT, TIMEOUT),
         );
     }
 
@@ -108,7 +108,7 @@ fn step(what: &str) {
     println!("\n== {what}");
 }
 
-fn report(who: &str, what: &str, result: Result<u16, String>) {
+fn report(who: &str, what: &str, result: &Result<u16, String>) {
     match result {
         Ok(status) => println!("  {who:<9} {what:<18} -> HTTP {status}"),
         Err(_) => println!("  {who:<9} {what:<18} -> no answer: dropped by XDP"),
