@@ -372,12 +372,24 @@ impl Drop for HttpServer {
 
 /// One HTTP GET from inside `ns` to `addr:port`; `Err` with the reason if it fails within `timeout`.
 pub fn http_get(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) -> Result<String, String> {
+    http_get_path(ns, addr, port, "/", timeout)
+}
+
+/// One HTTP GET of `path` from inside `ns`; the whole response (head and body).
+pub fn http_get_path(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let path = path.to_owned();
     ns.run(move || {
         let target = SocketAddr::new(addr, port);
         let mut s =
             TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect {target}: {e}"))?;
         s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
             .map_err(|e| format!("send: {e}"))?;
         let mut body = String::new();
         s.read_to_string(&mut body).map_err(|e| format!("read: {e}"))?;

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rasp_tests::{Daemon, Lab, eventually, http_status, reachable};
+use rasp_tests::{Daemon, Lab, eventually, http_get_path, http_status, reachable};
 use serde_json::Value;
 
 const PROXY: u16 = 8080;
@@ -132,6 +132,26 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         "a forensic record was logged:\n{}",
         daemon.output()
     );
+
+    // The kernel's counters and the loop's actions are Prometheus metrics on the admin listener.
+    let metrics = http_get_path(&lab.host, "127.0.0.1".parse().unwrap(), 9901, "/metrics", TIMEOUT).unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("rasp_proxy_xdp_packets_total{outcome=\"dropped_ban\"}") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        value("rasp_proxy_risk_actions_total{action=\"ban\",reason=\"injection\",mode=\"block\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("rasp_proxy_bans_active") >= 1.0, "{metrics}");
 
     // `bans explain` asks the daemon's admin API for the chain of events behind the ban.
     let explain = lab.cli_ok(&["bans", "explain", &attacker_addr]);

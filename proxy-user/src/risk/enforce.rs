@@ -361,3 +361,38 @@ impl Enforcer {
         }
     }
 }
+
+impl Enforcer {
+    /// Copies the kernel's counters into the metrics (at scrape time): stats by outcome (counters only move
+    /// forward by the difference since the last scrape), bans in force, and the ten busiest sources.
+    pub fn export_kernel_metrics(&self, metrics: &Metrics) {
+        use crate::metrics::{SourceLabels, XdpLabels};
+        let Some(kernel) = &self.kernel else { return };
+        let maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(stats) = maps.stats() {
+            for s in stats {
+                let labels = XdpLabels { outcome: s.name };
+                let packets = metrics.xdp_packets.get_or_create(&labels);
+                packets.inc_by(s.packets.saturating_sub(packets.get()));
+                let bytes = metrics.xdp_bytes.get_or_create(&labels);
+                bytes.inc_by(s.bytes.saturating_sub(bytes.get()));
+            }
+        }
+        if let Ok(bans) = maps.bans() {
+            metrics
+                .bans_active
+                .set(i64::try_from(bans.iter().filter(|b| !b.expired).count()).unwrap_or(i64::MAX));
+        }
+        if let Ok(rates) = maps.rates() {
+            metrics.top_source_pps.clear();
+            for r in rates.iter().take(10) {
+                metrics
+                    .top_source_pps
+                    .get_or_create(&SourceLabels {
+                        source: r.addr.to_string(),
+                    })
+                    .set(r.packets_per_sec);
+            }
+        }
+    }
+}
