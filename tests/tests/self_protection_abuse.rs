@@ -189,6 +189,11 @@ fn token_tampering_gets_401s_then_a_kernel_ban() {
     let ban = ban_of(&lab, &attacker.v4().to_string())
         .unwrap_or_else(|| panic!("no kernel ban:\n{}", daemon.output()));
     assert_eq!(ban["reason"], "auth_abuse", "{ban}");
+    let note = ban["note"].as_str().unwrap_or("");
+    assert!(
+        note.contains("bad_signature") && note.contains("algorithm_not_allowed"),
+        "the note names both kinds of tampering: {ban}"
+    );
     assert!(
         get_auth(attacker, "/api/orders", &valid).is_err(),
         "even a valid token no longer gets through: the kernel drops the source"
@@ -244,10 +249,26 @@ fn an_identity_abusing_a_valid_token_from_two_addresses_is_blocked_on_both() {
         Ok(200),
         "another identity is served"
     );
-    let logged = eventually(Duration::from_secs(2), || {
-        daemon.output().contains("block_identity")
-    });
-    assert!(logged, "the block is logged:\n{}", daemon.output());
+    // The access log names the verdict for both addresses; the block has one forensic record.
+    let refused_at = |c: &Client| {
+        let source = format!("\"source\":\"{}\"", c.v4());
+        daemon
+            .output()
+            .lines()
+            .any(|l| l.contains("\"verdict\":\"block_identity\"") && l.contains(&source))
+    };
+    let logged = eventually(Duration::from_secs(2), || refused_at(a) && refused_at(b));
+    assert!(
+        logged,
+        "block_identity verdicts from both addresses:\n{}",
+        daemon.output()
+    );
+    let records = daemon
+        .output()
+        .lines()
+        .filter(|l| l.contains("\"action\":\"identity_block\""))
+        .count();
+    assert_eq!(records, 1, "one forensic record:\n{}", daemon.output());
 }
 
 #[test]
