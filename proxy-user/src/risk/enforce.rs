@@ -112,7 +112,8 @@ impl Enforcer {
                 let note = note(reason, ban.score, &ban.chain);
                 let mut maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
                 // In the map before the response that triggered it is sent: the source's next packet drops.
-                if let Err(e) = maps.ban(ban.addr, ban.ttl, ban.reason, &note) {
+                if let Err(e) = maps.ban_with_strikes(ban.addr, ban.ttl, ban.reason, &note, Some(ban.strike))
+                {
                     tracing::error!(addr = %ban.addr, error = %e, "could not write the ban into the kernel map");
                 }
             }
