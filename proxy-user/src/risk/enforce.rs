@@ -219,6 +219,39 @@ impl Enforcer {
     }
 }
 
+/// Sets the kernel's per-source packet ceiling from the observed traffic: a multiple of the 99th percentile of
+/// the tracked sources' rates, so a volumetric source is held back in the kernel without a hand-tuned number.
+fn derive_kernel_rate_limit(maps: &mut KernelMaps, cfg: &super::RiskConfig) {
+    let Ok(rates) = maps.rates() else { return };
+    let mut pps: Vec<f64> = rates
+        .iter()
+        .map(|r| r.packets_per_sec)
+        .filter(|p| *p > 0.0)
+        .collect();
+    if pps.len() < 10 {
+        return;
+    }
+    pps.sort_by(f64::total_cmp);
+    let p99 = pps[(pps.len() * 99 / 100).min(pps.len() - 1)];
+    let ceiling = (p99 * cfg.auto_rate_limit_factor).max(cfg.auto_rate_limit_min_pps);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive, finite rate"
+    )]
+    let ceiling = ceiling.ceil() as u64;
+    match maps
+        .update_config(|c| c.rate_limit_packets = crate::xdp::commands::per_window(ceiling, c.rate_window_ns))
+    {
+        Ok(_) => tracing::info!(
+            p99_pps = p99,
+            ceiling_pps = ceiling,
+            "kernel rate limit derived from traffic"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not set the derived kernel rate limit"),
+    }
+}
+
 /// The words stored with a kernel ban: reason, score and the rules that led there (the full chain is in the
 /// forensic log and the admin API).
 fn note(reason: &str, score: f64, chain: &[ChainLink]) -> String {
@@ -331,13 +364,17 @@ impl Enforcer {
 
     /// Housekeeping, once a second: kernel packet rates into the engine (volumetric abuse the proxy never sees)
     /// and, every `reap_every` calls, expired bans out of the map.
-    pub fn tick(&self, metrics: &Metrics, reap: bool) {
+    pub fn tick(&self, metrics: &Metrics, reap: bool, derive_rate_limit: bool) {
         let Some(kernel) = &self.kernel else { return };
-        let flood_pps = self.engine.config().flood_pps;
+        let cfg = self.engine.config();
+        let flood_pps = cfg.flood_pps;
         let rates = {
             let mut maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
             if reap && let Err(e) = maps.reap_expired_bans() {
                 tracing::warn!(error = %e, "could not reap expired bans");
+            }
+            if derive_rate_limit && cfg.auto_rate_limit {
+                derive_kernel_rate_limit(&mut maps, cfg);
             }
             if flood_pps <= 0.0 {
                 return;
