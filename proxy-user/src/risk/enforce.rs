@@ -221,7 +221,7 @@ impl Enforcer {
 
 /// Sets the kernel's per-source packet ceiling from the observed traffic: a multiple of the 99th percentile of
 /// the tracked sources' rates, so a volumetric source is held back in the kernel without a hand-tuned number.
-fn derive_kernel_rate_limit(maps: &mut KernelMaps, cfg: &super::RiskConfig) {
+pub fn derive_kernel_rate_limit(maps: &mut KernelMaps, cfg: &super::RiskConfig) {
     let Ok(rates) = maps.rates() else { return };
     let mut pps: Vec<f64> = rates
         .iter()
