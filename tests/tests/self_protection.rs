@@ -80,6 +80,13 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
     let (client, attacker) = (&lab.clients[0], &lab.clients[1]);
     let attacker_addr = attacker.v4().to_string();
 
+    // An idle keep-alive connection the attacker opened before attacking: the ban must close it.
+    let idle = attacker.ns.run({
+        let target = std::net::SocketAddr::new(attacker.host_v4(), PROXY);
+        move || std::net::TcpStream::connect_timeout(&target, TIMEOUT)
+    });
+    let mut idle = idle.expect("idle connection");
+
     // Injection payloads are refused at L7 until the source crosses the ban threshold.
     let mut statuses = Vec::new();
     for _ in 0..10 {
@@ -103,6 +110,14 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         ban["note"].as_str().is_some_and(|n| n.contains("sqli")),
         "the note names the rules: {ban}"
     );
+
+    // The ban closed the attacker's open connection (the proxy's FIN/RST still reaches it: XDP filters ingress).
+    idle.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 1];
+    let closed = matches!(std::io::Read::read(&mut idle, &mut buf), Ok(0))
+        || matches!(std::io::Read::read(&mut idle, &mut buf), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut);
+    assert!(closed, "the banned source's open connection must be closed");
 
     // The kernel now drops the attacker's packets: connections time out, even on a fresh port.
     assert!(
