@@ -73,6 +73,10 @@ fn start(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> Daemon {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story, from the first attack to the second ban"
+)]
 fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() {
     let lab = Lab::new(2);
     let _upstream = lab.http_server(UPSTREAM);
