@@ -11,13 +11,20 @@
 //! 3. at once send small UDP probes from the same address to the host, one every ~50 µs (a sleep, so the daemon
 //!    keeps a core on this 2-core machine), and drain the pinned `DROP_EVENTS` ring buffer after each, until an
 //!    event for the trial's address appears or a timeout passes;
-//! 4. reaction = event `ts_ns` (`bpf_ktime_get_ns`, the same `CLOCK_MONOTONIC`: namespaces share the clock) − t0.
+//! 4. reaction = event `ts_ns` (`bpf_ktime_get_ns`, the same `CLOCK_MONOTONIC`: namespaces share the clock) − t0;
+//! 5. reset the connection and unban the source.
+//!
+//! Step 5 is there because a banned source's late TCP retransmissions keep producing drop events (the bench sets
+//! `xdp set --event-interval 1ms`); hundreds of them exhaust the per-CPU event budget (1024 per rate window) and
+//! a later trial's first-drop event is then lost, so that trial would be timed by a drop up to a window later. A
+//! trial during which `events_lost` moves is refused and listed as failed, never counted.
 //!
 //! The first dropped packet may be a probe or the client's own TCP ACK of the 403: either is the attacker's next
 //! packet, which is what the figure is about. A probe gap (~0.06 ms) is the measurement's resolution; it can
 //! only add to the figure. The ban's `created_ns` (the daemon's clock reading when it wrote the ban) splits each
 //! trial into the L7 part (request → ban written: parse, inspect, score, map write) and the kernel part (ban
-//! written → first drop). Warm-up trials are run first and not counted. Needs root.
+//! written → first drop). Warm-up trials are run first and not counted. The daemon is the bench-profile
+//! (optimised) build that `cargo xtask bench reaction` makes and passes in `RASP_PROXY_BIN`. Needs root.
 #![expect(
     clippy::expect_used,
     reason = "a bench binary: panicking with a message is its error handling"
