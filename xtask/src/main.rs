@@ -54,6 +54,8 @@ enum Bench {
     Xdp,
     /// rasp-proxy against the upstream alone and nginx, with wrk on loopback.
     Proxy,
+    /// Time from the first byte of a banning request to the first XDP drop of its source: p50, p90, p99, max.
+    Reaction,
 }
 
 fn main() -> Result<()> {
@@ -86,6 +88,30 @@ fn main() -> Result<()> {
             setup::install()?;
             build_ebpf(&root)?;
             cargo(&root, &["bench", "-p", "rasp-tests", "--bench", "xdp"])
+        }
+        Task::Bench {
+            which: Bench::Reaction,
+        } => {
+            setup::install()?;
+            build_ebpf(&root)?;
+            // The daemon under test is optimised like the bench (the bench profile shares its build with it).
+            cargo(
+                &root,
+                &[
+                    "build",
+                    "--profile",
+                    "bench",
+                    "-p",
+                    "proxy-user",
+                    "--bin",
+                    "rasp-proxy",
+                ],
+            )?;
+            let bin = root.join("target/release/rasp-proxy");
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .env("RASP_PROXY_BIN", &bin)
+                .args(["bench", "-p", "rasp-tests", "--bench", "reaction"]))
         }
     }
 }
