@@ -52,6 +52,9 @@ pub async fn serve(proxy: Arc<Proxy>, listener: TcpListener) {
 async fn handle(proxy: &Arc<Proxy>, req: Request<Incoming>) -> Response<ProxyBody> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            let p = proxy.clone();
+            // Map reads are syscalls; keep them off the reactor.
+            let _ = tokio::task::spawn_blocking(move || p.risk.export_kernel_metrics(&p.metrics)).await;
             proxy
                 .metrics
                 .open_connections

@@ -34,6 +34,18 @@ pub struct RiskActionLabels {
     pub mode: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct XdpLabels {
+    /// A `proxy_common::Stat` name: `passed`, `allowlisted`, `dropped_ban`, `dropped_blocklist`,
+    /// `dropped_rate_limit`, `non_ip`, `malformed`, `events_lost`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -46,6 +58,13 @@ pub struct Metrics {
     pub reloads_failed: Counter,
     /// Actions of the self-protection loop, enforced or (in detect mode) only logged.
     pub risk_actions: Family<RiskActionLabels, Counter>,
+    /// The kernel's packet and byte counters by outcome, read from the pinned `STATS` map at scrape time.
+    pub xdp_packets: Family<XdpLabels, Counter>,
+    pub xdp_bytes: Family<XdpLabels, Counter>,
+    /// Bans in the kernel map that are still in force, at scrape time.
+    pub bans_active: Gauge,
+    /// The busiest sources by packet rate (top 10, from the `RATES` map), at scrape time.
+    pub top_source_pps: Family<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -70,6 +89,26 @@ impl Metrics {
         let rejected_connections = Counter::default();
         let reloads_failed = Counter::default();
         let risk_actions = Family::<RiskActionLabels, Counter>::default();
+        let xdp_packets = Family::<XdpLabels, Counter>::default();
+        let xdp_bytes = Family::<XdpLabels, Counter>::default();
+        let bans_active = Gauge::default();
+        let top_source_pps = Family::<SourceLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "xdp_packets",
+            "Packets seen by the XDP program, by outcome",
+            xdp_packets.clone(),
+        );
+        registry.register(
+            "xdp_bytes",
+            "Bytes seen by the XDP program, by outcome",
+            xdp_bytes.clone(),
+        );
+        registry.register("bans_active", "Kernel bans in force", bans_active.clone());
+        registry.register(
+            "top_source_packets_per_second",
+            "Packet rate of the ten busiest sources, as the kernel counts them",
+            top_source_pps.clone(),
+        );
         registry.register(
             "risk_actions",
             "Self-protection actions (bans, identity blocks, rate refusals), by action, reason and mode",
@@ -120,6 +159,10 @@ impl Metrics {
             rejected_connections,
             reloads_failed,
             risk_actions,
+            xdp_packets,
+            xdp_bytes,
+            bans_active,
+            top_source_pps,
         }
     }
 

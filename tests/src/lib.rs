@@ -18,6 +18,7 @@
 )]
 
 use std::{
+    fmt::Write as _,
     fs::File,
     io::{Read as _, Write as _},
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
@@ -372,12 +373,24 @@ impl Drop for HttpServer {
 
 /// One HTTP GET from inside `ns` to `addr:port`; `Err` with the reason if it fails within `timeout`.
 pub fn http_get(ns: &Netns, addr: IpAddr, port: u16, timeout: Duration) -> Result<String, String> {
+    http_get_path(ns, addr, port, "/", timeout)
+}
+
+/// One HTTP GET of `path` from inside `ns`; the whole response (head and body).
+pub fn http_get_path(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    timeout: Duration,
+) -> Result<String, String> {
+    let path = path.to_owned();
     ns.run(move || {
         let target = SocketAddr::new(addr, port);
         let mut s =
             TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect {target}: {e}"))?;
         s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
-        s.write_all(format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
             .map_err(|e| format!("send: {e}"))?;
         let mut body = String::new();
         s.read_to_string(&mut body).map_err(|e| format!("read: {e}"))?;
@@ -394,14 +407,31 @@ pub fn http_status(
     path: &str,
     timeout: Duration,
 ) -> Result<u16, String> {
+    http_status_with(ns, addr, port, path, &[], timeout)
+}
+
+/// Like [`http_status`], with extra request headers (e.g. `("authorization", "Bearer …")`).
+pub fn http_status_with(
+    ns: &Netns,
+    addr: IpAddr,
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    timeout: Duration,
+) -> Result<u16, String> {
     let path = path.to_owned();
+    let extra = headers.iter().fold(String::new(), |mut acc, (k, v)| {
+        let _ = write!(acc, "{k}: {v}\r\n");
+        acc
+    });
     ns.run(move || {
         let target = SocketAddr::new(addr, port);
         let mut s =
             TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect {target}: {e}"))?;
         s.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
         s.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: api.example.test\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: api.example.test\r\n{extra}Connection: close\r\n\r\n")
+                .as_bytes(),
         )
         .map_err(|e| format!("send: {e}"))?;
         let mut head = [0u8; 12];
@@ -425,6 +455,12 @@ impl Daemon {
     /// Writes `config` to a temp dir and starts the daemon in `ns`.
     #[must_use]
     pub fn start(ns: &Netns, config: &str) -> Self {
+        Self::start_with_env(ns, config, &[])
+    }
+
+    /// Like [`Daemon::start`], with extra environment variables for the daemon (secrets named by `secret_env`).
+    #[must_use]
+    pub fn start_with_env(ns: &Netns, config: &str, env: &[(&str, &str)]) -> Self {
         let dir = std::env::temp_dir().join(unique("rasp-daemon-"));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let config_path = dir.join("rasp-proxy.toml");
@@ -437,6 +473,7 @@ impl Daemon {
             .arg("run")
             .arg("--config")
             .arg(&config_path)
+            .envs(env.iter().copied())
             .stdout(out)
             .stderr(err)
             .spawn()

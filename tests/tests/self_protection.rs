@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rasp_tests::{Daemon, Lab, eventually, http_status, reachable};
+use rasp_tests::{Daemon, Lab, eventually, http_get_path, http_status, reachable};
 use serde_json::Value;
 
 const PROXY: u16 = 8080;
@@ -73,12 +73,23 @@ fn start(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> Daemon {
 }
 
 #[test]
+#[expect(
+    clippy::too_many_lines,
+    reason = "one story, from the first attack to the second ban"
+)]
 fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() {
     let lab = Lab::new(2);
     let _upstream = lab.http_server(UPSTREAM);
     let daemon = start(&lab, "block", "block");
     let (client, attacker) = (&lab.clients[0], &lab.clients[1]);
     let attacker_addr = attacker.v4().to_string();
+
+    // An idle keep-alive connection the attacker opened before attacking: the ban must close it.
+    let idle = attacker.ns.run({
+        let target = std::net::SocketAddr::new(attacker.host_v4(), PROXY);
+        move || std::net::TcpStream::connect_timeout(&target, TIMEOUT)
+    });
+    let mut idle = idle.expect("idle connection");
 
     // Injection payloads are refused at L7 until the source crosses the ban threshold.
     let mut statuses = Vec::new();
@@ -103,6 +114,14 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         ban["note"].as_str().is_some_and(|n| n.contains("sqli")),
         "the note names the rules: {ban}"
     );
+
+    // The ban closed the attacker's open connection (the proxy's FIN/RST still reaches it: XDP filters ingress).
+    idle.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let mut buf = [0u8; 1];
+    let closed = matches!(std::io::Read::read(&mut idle, &mut buf), Ok(0))
+        || matches!(std::io::Read::read(&mut idle, &mut buf), Err(e) if e.kind() != std::io::ErrorKind::WouldBlock && e.kind() != std::io::ErrorKind::TimedOut);
+    assert!(closed, "the banned source's open connection must be closed");
 
     // The kernel now drops the attacker's packets: connections time out, even on a fresh port.
     assert!(
@@ -132,6 +151,26 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         "a forensic record was logged:\n{}",
         daemon.output()
     );
+
+    // The kernel's counters and the loop's actions are Prometheus metrics on the admin listener.
+    let metrics = http_get_path(&lab.host, "127.0.0.1".parse().unwrap(), 9901, "/metrics", TIMEOUT).unwrap();
+    let value = |prefix: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value("rasp_proxy_xdp_packets_total{outcome=\"dropped_ban\"}") > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        value("rasp_proxy_risk_actions_total{action=\"ban\",reason=\"injection\",mode=\"block\"}") >= 1.0,
+        "{metrics}"
+    );
+    assert!(value("rasp_proxy_bans_active") >= 1.0, "{metrics}");
 
     // `bans explain` asks the daemon's admin API for the chain of events behind the ban.
     let explain = lab.cli_ok(&["bans", "explain", &attacker_addr]);

@@ -411,3 +411,33 @@ fn the_rate_limit_drops_for_the_rest_of_the_window() {
     assert_eq!(rate.total_packets, 25);
     assert_eq!(rate.total_bytes, 25 * frame::v4(src, &[], 0).len() as u64);
 }
+
+#[test]
+fn the_kernel_rate_limit_is_derived_from_observed_traffic() {
+    let mut h = Harness::new();
+    // Twelve sources, five packets each in the current window: 5 packets/s each.
+    for i in 1..=12u8 {
+        for _ in 0..5 {
+            assert_eq!(
+                h.run(&frame::v4(std::net::Ipv4Addr::new(192, 0, 2, i), &[], 0)),
+                XDP_PASS
+            );
+        }
+    }
+    let cfg = proxy_user::risk::RiskConfig {
+        auto_rate_limit: true,
+        auto_rate_limit_factor: 10.0,
+        auto_rate_limit_min_pps: 1.0,
+        ..proxy_user::risk::RiskConfig::default()
+    };
+    proxy_user::risk::enforce::derive_kernel_rate_limit(&mut h.maps, &cfg);
+    let limit = h.maps.config().expect("config").rate_limit_packets;
+    assert_eq!(limit, 50, "10 x the 99th percentile (5 packets/s) per 1 s window");
+    // The floor holds when traffic is light.
+    let floor = proxy_user::risk::RiskConfig {
+        auto_rate_limit_min_pps: 500.0,
+        ..cfg
+    };
+    proxy_user::risk::enforce::derive_kernel_rate_limit(&mut h.maps, &floor);
+    assert_eq!(h.maps.config().expect("config").rate_limit_packets, 500);
+}

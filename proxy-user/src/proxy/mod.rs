@@ -347,7 +347,7 @@ pub async fn run(config_path: &Path) -> Result<(), Error> {
                 ticks += 1;
                 let proxy = running.proxy.clone();
                 // Map reads are syscalls; keep them off the reactor threads.
-                let _ = tokio::task::spawn_blocking(move || proxy.risk.tick(&proxy.metrics, ticks.is_multiple_of(10))).await;
+                let _ = tokio::task::spawn_blocking(move || proxy.risk.tick(&proxy.metrics, ticks.is_multiple_of(10), ticks.is_multiple_of(60))).await;
             }
             _ = hup.recv() => {
                 let proxy = running.proxy.clone();

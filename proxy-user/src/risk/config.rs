@@ -58,6 +58,12 @@ pub struct RiskConfig {
     /// 0 turns it off.
     pub flood_pps: f64,
     pub flood_weight: f64,
+    /// Derive the kernel's per-source packet ceiling from observed traffic: every minute, `auto_rate_limit_factor`
+    /// times the 99th percentile of the tracked sources' packet rates, never below `auto_rate_limit_min_pps`.
+    /// Off by default; `[xdp] rate_limit_pps` sets a fixed ceiling instead.
+    pub auto_rate_limit: bool,
+    pub auto_rate_limit_factor: f64,
+    pub auto_rate_limit_min_pps: f64,
     /// Multiplier for events of authenticated callers (their identity is scored as well).
     pub authenticated_factor: f64,
     /// Sources never banned, besides loopback, the proxy's own addresses and its upstreams.
@@ -89,6 +95,9 @@ impl Default for RiskConfig {
             rate_min_samples: 30,
             flood_pps: 0.0,
             flood_weight: 10.0,
+            auto_rate_limit: false,
+            auto_rate_limit_factor: 10.0,
+            auto_rate_limit_min_pps: 1000.0,
             authenticated_factor: 0.5,
             never_ban: Vec::new(),
         }

@@ -112,7 +112,8 @@ impl Enforcer {
                 let note = note(reason, ban.score, &ban.chain);
                 let mut maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
                 // In the map before the response that triggered it is sent: the source's next packet drops.
-                if let Err(e) = maps.ban(ban.addr, ban.ttl, ban.reason, &note) {
+                if let Err(e) = maps.ban_with_strikes(ban.addr, ban.ttl, ban.reason, &note, Some(ban.strike))
+                {
                     tracing::error!(addr = %ban.addr, error = %e, "could not write the ban into the kernel map");
                 }
             }
@@ -215,6 +216,39 @@ impl Enforcer {
             Mode::Block => "block",
             Mode::Detect => "detect",
         }
+    }
+}
+
+/// Sets the kernel's per-source packet ceiling from the observed traffic: a multiple of the 99th percentile of
+/// the tracked sources' rates, so a volumetric source is held back in the kernel without a hand-tuned number.
+pub fn derive_kernel_rate_limit(maps: &mut KernelMaps, cfg: &super::RiskConfig) {
+    let Ok(rates) = maps.rates() else { return };
+    let mut pps: Vec<f64> = rates
+        .iter()
+        .map(|r| r.packets_per_sec)
+        .filter(|p| *p > 0.0)
+        .collect();
+    if pps.len() < 10 {
+        return;
+    }
+    pps.sort_by(f64::total_cmp);
+    let p99 = pps[(pps.len() * 99 / 100).min(pps.len() - 1)];
+    let ceiling = (p99 * cfg.auto_rate_limit_factor).max(cfg.auto_rate_limit_min_pps);
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive, finite rate"
+    )]
+    let ceiling = ceiling.ceil() as u64;
+    match maps
+        .update_config(|c| c.rate_limit_packets = crate::xdp::commands::per_window(ceiling, c.rate_window_ns))
+    {
+        Ok(_) => tracing::info!(
+            p99_pps = p99,
+            ceiling_pps = ceiling,
+            "kernel rate limit derived from traffic"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not set the derived kernel rate limit"),
     }
 }
 
@@ -330,13 +364,17 @@ impl Enforcer {
 
     /// Housekeeping, once a second: kernel packet rates into the engine (volumetric abuse the proxy never sees)
     /// and, every `reap_every` calls, expired bans out of the map.
-    pub fn tick(&self, metrics: &Metrics, reap: bool) {
+    pub fn tick(&self, metrics: &Metrics, reap: bool, derive_rate_limit: bool) {
         let Some(kernel) = &self.kernel else { return };
-        let flood_pps = self.engine.config().flood_pps;
+        let cfg = self.engine.config();
+        let flood_pps = cfg.flood_pps;
         let rates = {
             let mut maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
             if reap && let Err(e) = maps.reap_expired_bans() {
                 tracing::warn!(error = %e, "could not reap expired bans");
+            }
+            if derive_rate_limit && cfg.auto_rate_limit {
+                derive_kernel_rate_limit(&mut maps, cfg);
             }
             if flood_pps <= 0.0 {
                 return;
@@ -358,6 +396,41 @@ impl Enforcer {
                 request_id: None,
             };
             let _ = self.observe(&ctx, Signal::KernelPps(r.packets_per_sec), metrics);
+        }
+    }
+}
+
+impl Enforcer {
+    /// Copies the kernel's counters into the metrics (at scrape time): stats by outcome (counters only move
+    /// forward by the difference since the last scrape), bans in force, and the ten busiest sources.
+    pub fn export_kernel_metrics(&self, metrics: &Metrics) {
+        use crate::metrics::{SourceLabels, XdpLabels};
+        let Some(kernel) = &self.kernel else { return };
+        let maps = kernel.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Ok(stats) = maps.stats() {
+            for s in stats {
+                let labels = XdpLabels { outcome: s.name };
+                let packets = metrics.xdp_packets.get_or_create(&labels);
+                packets.inc_by(s.packets.saturating_sub(packets.get()));
+                let bytes = metrics.xdp_bytes.get_or_create(&labels);
+                bytes.inc_by(s.bytes.saturating_sub(bytes.get()));
+            }
+        }
+        if let Ok(bans) = maps.bans() {
+            metrics
+                .bans_active
+                .set(i64::try_from(bans.iter().filter(|b| !b.expired).count()).unwrap_or(i64::MAX));
+        }
+        if let Ok(rates) = maps.rates() {
+            metrics.top_source_pps.clear();
+            for r in rates.iter().take(10) {
+                metrics
+                    .top_source_pps
+                    .get_or_create(&SourceLabels {
+                        source: r.addr.to_string(),
+                    })
+                    .set(r.packets_per_sec);
+            }
         }
     }
 }

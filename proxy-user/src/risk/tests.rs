@@ -326,3 +326,31 @@ fn bad_config_values_name_their_key() {
         "unknown keys are refused"
     );
 }
+
+#[test]
+fn a_kernel_flood_raises_risk_only_when_flood_detection_is_on() {
+    let off = engine(RiskConfig::default());
+    let src = ip("198.51.100.50");
+    let now = Instant::now();
+    assert!(
+        off.record(&ctx(src), Signal::KernelPps(1e6), now).ban.is_none(),
+        "off by default"
+    );
+    let on = engine(RiskConfig {
+        flood_pps: 10_000.0,
+        ..RiskConfig::default()
+    });
+    assert!(
+        on.record(&ctx(src), Signal::KernelPps(9_000.0), now)
+            .ban
+            .is_none(),
+        "under the threshold"
+    );
+    let _ = on.record(&ctx(src), Signal::KernelPps(50_000.0), now);
+    let ban = on
+        .record(&ctx(src), Signal::KernelPps(50_000.0), now)
+        .ban
+        .expect("two flood readings ban");
+    assert_eq!(ban.reason, BanReason::Flood);
+    assert_eq!(ban.chain[0].evidence[0].rule_id, "flood.kernel_pps");
+}

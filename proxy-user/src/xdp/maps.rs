@@ -130,6 +130,19 @@ impl KernelMaps {
 
     /// Bans `ip` for `ttl`. A ban already in place is replaced; its strike count carries over, plus one.
     pub fn ban(&mut self, ip: IpAddr, ttl: Duration, reason: BanReason, note: &str) -> Result<Ban, Error> {
+        self.ban_with_strikes(ip, ttl, reason, note, None)
+    }
+
+    /// Like [`KernelMaps::ban`], with the strike count the caller has decided (the risk engine, which remembers
+    /// offenders after their ban was lifted or reaped); never lower than the map's own count plus one.
+    pub fn ban_with_strikes(
+        &mut self,
+        ip: IpAddr,
+        ttl: Duration,
+        reason: BanReason,
+        note: &str,
+        strikes: Option<u32>,
+    ) -> Result<Ban, Error> {
         let key = to_key(ip);
         let now = monotonic_ns();
         let previous = self.bans.get(&key, 0).ok();
@@ -139,7 +152,9 @@ impl KernelMaps {
             created_ns: now,
             hits: previous.map_or(0, |b| b.hits),
             reason: reason as u32,
-            strikes: previous.map_or(1, |b| b.strikes.saturating_add(1)),
+            strikes: previous
+                .map_or(1, |b| b.strikes.saturating_add(1))
+                .max(strikes.unwrap_or(0)),
         };
         self.bans
             .insert(key, ban, 0)
