@@ -272,7 +272,7 @@ fn every_metric_the_dashboard_queries_is_exported_by_a_running_proxy() {
         exported.keys().collect::<Vec<_>>()
     );
     // The panels the dashboard promises: requests and latency by route, refusals, connections, upstreams,
-    // self-protection actions.
+    // self-protection actions, kernel bans in force.
     for needed in [
         "rasp_proxy_requests_total",
         "rasp_proxy_request_duration_seconds_bucket",
@@ -281,6 +281,7 @@ fn every_metric_the_dashboard_queries_is_exported_by_a_running_proxy() {
         "rasp_proxy_open_connections",
         "rasp_proxy_rejected_connections_total",
         "rasp_proxy_risk_actions_total",
+        "rasp_proxy_bans_active",
     ] {
         assert!(used.contains(needed), "the dashboard has no panel on {needed}");
     }
