@@ -147,7 +147,8 @@ fn grouping_labels(expr: &str) -> BTreeSet<String> {
 }
 
 /// Starts `rasp-proxy run` on loopback, sends one request per metric family (a proxied answer, a dead upstream,
-/// a refused credential) and returns the `/metrics` text.
+/// a refused credential, a burst over the route's learned rate) and returns the `/metrics` text. Every family
+/// must have a sample: prometheus-client writes only `# HELP`/`# TYPE` for a family nothing has touched.
 fn scrape_a_running_proxy() -> String {
     let upstream = start_upstream();
     let dead = free_port();
@@ -181,6 +182,15 @@ name = "private"
 path_prefix = "/private"
 upstream = "live"
 auth = "jwt"
+# Loopback is never banned, but a rate far above the route's learned normal is still counted as a rate refusal
+# (in detect mode the request goes through): a one-second sample teaches the normal (one request), the next
+# second's second request is over it.
+[risk]
+mode = "detect"
+rate_bucket = "1s"
+rate_min_samples = 1
+rate_min_rps = 1.0
+rate_factor = 1.0
 "#
         ),
     )
@@ -206,6 +216,15 @@ auth = "jwt"
     assert_eq!(http_get(listen, "/hello").unwrap().0, 200);
     assert_eq!(http_get(listen, "/down/x").unwrap().0, 502);
     assert_eq!(http_get(listen, "/private/x").unwrap().0, 401);
+    // A risk action: the "api" route learned one request per second above; three in the next second are over it.
+    std::thread::sleep(Duration::from_millis(1100));
+    for _ in 0..3 {
+        assert_eq!(
+            http_get(listen, "/hello").unwrap().0,
+            200,
+            "detect mode refuses nothing"
+        );
+    }
     let (status, scrape) = http_get(admin, "/metrics").unwrap();
     assert_eq!(status, 200);
     scrape
@@ -252,7 +271,8 @@ fn every_metric_the_dashboard_queries_is_exported_by_a_running_proxy() {
         problems.join("\n"),
         exported.keys().collect::<Vec<_>>()
     );
-    // The panels the dashboard promises: requests and latency by route, refusals, connections, upstreams.
+    // The panels the dashboard promises: requests and latency by route, refusals, connections, upstreams,
+    // self-protection actions, kernel bans in force.
     for needed in [
         "rasp_proxy_requests_total",
         "rasp_proxy_request_duration_seconds_bucket",
@@ -260,6 +280,8 @@ fn every_metric_the_dashboard_queries_is_exported_by_a_running_proxy() {
         "rasp_proxy_upstream_errors_total",
         "rasp_proxy_open_connections",
         "rasp_proxy_rejected_connections_total",
+        "rasp_proxy_risk_actions_total",
+        "rasp_proxy_bans_active",
     ] {
         assert!(used.contains(needed), "the dashboard has no panel on {needed}");
     }

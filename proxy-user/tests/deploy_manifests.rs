@@ -391,3 +391,38 @@ fn systemd_unit_has_the_same_capabilities_as_the_daemonset() {
         assert_eq!(caps, expected, "{key}");
     }
 }
+
+/// The init container filters the node before the daemon is up, and the daemon then attaches its config's
+/// `[xdp] interfaces` itself: both must name the same interface, mode and pin directory, or the node ends up
+/// with two attachments (or a daemon attaching an interface the manifest never meant).
+#[test]
+fn init_container_attaches_what_the_config_attaches() {
+    let docs = documents();
+    let config_text = str_at(find(&docs, "ConfigMap"), "/data/config.toml");
+    let config =
+        Config::parse(config_text, Path::new("/etc/rasp-proxy")).expect("the ConfigMap's config parses");
+    let pod = ptr(find(&docs, "DaemonSet"), "/spec/template/spec");
+    let init = pod["initContainers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["name"] == "xdp-attach")
+        .expect("an xdp-attach init container");
+    let env = |name: &str| -> String {
+        init["env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == name)
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("the init container sets no {name}"))
+            .to_owned()
+    };
+    assert_eq!(config.xdp.interfaces, [env("RASP_XDP_IFACE")], "[xdp] interfaces");
+    assert_eq!(config.xdp.mode.as_str(), env("RASP_XDP_MODE"), "[xdp] mode");
+    assert_eq!(
+        config.xdp.pin_dir,
+        Path::new(&env("RASP_PIN_DIR")),
+        "[xdp] pin_dir"
+    );
+}
