@@ -171,6 +171,28 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         "{metrics}"
     );
     assert!(value("rasp_proxy_bans_active") >= 1.0, "{metrics}");
+    // The dashboard's kernel-only metrics (the non-privileged dashboard test cannot see them) are exported here.
+    let dashboard = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/grafana/rasp-proxy.json"
+    ))
+    .expect("dashboard");
+    for name in [
+        "rasp_proxy_xdp_packets_total",
+        "rasp_proxy_xdp_bytes_total",
+        "rasp_proxy_top_source_packets_per_second",
+    ] {
+        if dashboard.contains(name) {
+            assert!(
+                metrics.lines().any(|l| l.starts_with(name) && l.contains('{')),
+                "{name} has no sample:\n{metrics}"
+            );
+        }
+    }
+    assert!(
+        metrics.contains("rasp_proxy_top_source_packets_per_second{source=\"198.18."),
+        "{metrics}"
+    );
 
     // `bans explain` asks the daemon's admin API for the chain of events behind the ban.
     let explain = lab.cli_ok(&["bans", "explain", &attacker_addr]);
