@@ -138,27 +138,8 @@ fn main() {
 }
 
 fn config(lab: &Lab) -> String {
-    let ifaces: Vec<String> = lab
-        .clients
-        .iter()
-        .map(|c| format!("{:?}", c.host_iface))
-        .collect();
-    format!(
-        r#"
-[xdp]
-interfaces = [{ifaces}]
-pin_dir = "{pins}"
-
-[admin]
-listen = "127.0.0.1:9901"
-
-[[listener]]
-listen = "0.0.0.0:{PROXY}"
-
-[[upstream]]
-name = "app"
-endpoints = ["127.0.0.1:{UPSTREAM}"]
-
+    lab.daemon_config_base(PROXY, UPSTREAM, "")
+        + r#"
 [[route]]
 path_prefix = "/"
 upstream = "app"
@@ -170,10 +151,7 @@ mode = "block"
 mode = "block"
 ban_threshold = 1.0
 ban_ttls = ["5s"]
-"#,
-        ifaces = ifaces.join(", "),
-        pins = lab.pins.path.display(),
-    )
+"#
 }
 
 /// Runs every trial on this thread (inside the attacker's namespace); measured trials and failure messages.

@@ -258,6 +258,52 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Runs a `rasp-proxy … --json` command and parses what it printed.
+    #[must_use]
+    pub fn cli_json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.cli_ok(args);
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("rasp-proxy {} printed bad JSON ({e}): {out}", args.join(" ")))
+    }
+
+    /// The kernel's ban of `addr`, as `maps dump bans --json` prints it.
+    #[must_use]
+    pub fn ban_of(&self, addr: &str) -> Option<serde_json::Value> {
+        self.cli_json(&["maps", "dump", "bans", "--json"])
+            .as_array()?
+            .iter()
+            .find(|b| b["addr"] == addr)
+            .cloned()
+    }
+
+    /// One XDP packet counter (`passed`, `dropped_ban`, ...), summed over CPUs.
+    #[must_use]
+    pub fn stat(&self, name: &str) -> u64 {
+        let stats = self.cli_json(&["maps", "dump", "stats", "--json"]);
+        stats
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == name))
+            .and_then(|s| s["packets"].as_u64())
+            .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
+    }
+
+    /// The config sections every daemon test shares: XDP on the lab's host veths (plus `xdp_extra` lines), the
+    /// admin listener on the host's loopback, one listener on `proxy`, one upstream `app` on `upstream`.
+    #[must_use]
+    pub fn daemon_config_base(&self, proxy: u16, upstream: u16, xdp_extra: &str) -> String {
+        let ifaces: Vec<String> = self
+            .clients
+            .iter()
+            .map(|c| format!("{:?}", c.host_iface))
+            .collect();
+        format!(
+            "[xdp]\ninterfaces = [{ifaces}]\npin_dir = \"{pins}\"\n{xdp_extra}\n\n[admin]\nlisten = \"127.0.0.1:9901\"\n\n\
+             [[listener]]\nlisten = \"0.0.0.0:{proxy}\"\n\n[[upstream]]\nname = \"app\"\nendpoints = [\"127.0.0.1:{upstream}\"]\n",
+            ifaces = ifaces.join(", "),
+            pins = self.pins.path.display(),
+        )
+    }
+
     /// Attaches XDP (native mode) to every client's host-side veth.
     pub fn attach_all(&self) {
         for c in &self.clients {

@@ -12,27 +12,9 @@ const TIMEOUT: Duration = Duration::from_millis(700);
 const SQLI: &str = "/search?q=1%27%20OR%20%271%27%3D%271";
 
 fn config(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .clients
-        .iter()
-        .map(|c| format!("{:?}", c.host_iface))
-        .collect();
-    format!(
-        r#"
-[xdp]
-interfaces = [{ifaces}]
-pin_dir = "{pins}"
-
-[admin]
-listen = "127.0.0.1:9901"
-
-[[listener]]
-listen = "0.0.0.0:{PROXY}"
-
-[[upstream]]
-name = "app"
-endpoints = ["127.0.0.1:{UPSTREAM}"]
-
+    lab.daemon_config_base(PROXY, UPSTREAM, "")
+        + &format!(
+            r#"
 [[route]]
 path_prefix = "/"
 upstream = "app"
@@ -43,23 +25,8 @@ mode = "{inspection_mode}"
 [risk]
 mode = "{risk_mode}"
 ban_ttls = ["3s", "8s"]
-"#,
-        ifaces = ifaces.join(", "),
-        pins = lab.pins.path.display(),
-    )
-}
-
-fn json(lab: &Lab, args: &[&str]) -> Value {
-    let out = lab.cli_ok(args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from rasp-proxy {args:?} ({e}): {out}"))
-}
-
-fn ban_of(lab: &Lab, addr: &str) -> Option<Value> {
-    json(lab, &["maps", "dump", "bans", "--json"])
-        .as_array()?
-        .iter()
-        .find(|b| b["addr"] == addr)
-        .cloned()
+"#
+        )
 }
 
 fn start(lab: &Lab, risk_mode: &str, inspection_mode: &str) -> Daemon {
@@ -107,7 +74,9 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         statuses.len() < 10,
         "the attacker must be cut off after a few attacks: {statuses:?}"
     );
-    let ban = ban_of(&lab, &attacker_addr).unwrap_or_else(|| panic!("no kernel ban:\n{}", daemon.output()));
+    let ban = lab
+        .ban_of(&attacker_addr)
+        .unwrap_or_else(|| panic!("no kernel ban:\n{}", daemon.output()));
     assert_eq!(ban["reason"], "injection");
     assert_eq!(ban["strikes"], 1);
     assert!(
@@ -137,7 +106,7 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
         Ok(200),
         "the client is still served"
     );
-    let stats = json(&lab, &["maps", "dump", "stats", "--json"]);
+    let stats = lab.cli_json(&["maps", "dump", "stats", "--json"]);
     let dropped = stats
         .as_array()
         .and_then(|a| a.iter().find(|s| s["name"] == "dropped_ban"))
@@ -213,7 +182,7 @@ fn an_attacker_is_refused_then_dropped_in_the_kernel_while_a_client_is_served() 
             break;
         }
     }
-    let ban = ban_of(&lab, &attacker_addr).expect("second ban");
+    let ban = lab.ban_of(&attacker_addr).expect("second ban");
     assert_eq!(ban["strikes"], 2, "{ban}");
     assert!(
         ban["remaining"].as_f64().unwrap_or(0.0) > 4.0,
@@ -235,7 +204,7 @@ fn detect_mode_bans_nothing_and_logs_every_would_be_ban() {
         );
     }
     assert!(
-        ban_of(&lab, &attacker.v4().to_string()).is_none(),
+        lab.ban_of(&attacker.v4().to_string()).is_none(),
         "detect mode writes no ban"
     );
     let seen = eventually(Duration::from_secs(2), || {

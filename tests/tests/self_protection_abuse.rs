@@ -9,7 +9,6 @@ use std::{
 };
 
 use rasp_tests::{Client, Daemon, Lab, eventually, http_status, http_status_with, reachable, send_udp};
-use serde_json::Value;
 
 const PROXY: u16 = 8080;
 const UPSTREAM: u16 = 9001;
@@ -22,34 +21,7 @@ const AUDIENCE: &str = "orders-api";
 
 /// The parts every config shares: XDP on the lab's host veths, one upstream, the admin listener.
 fn base(lab: &Lab, xdp_extra: &str) -> String {
-    let ifaces: Vec<String> = lab
-        .clients
-        .iter()
-        .map(|c| format!("{:?}", c.host_iface))
-        .collect();
-    format!(
-        r#"
-[xdp]
-interfaces = [{ifaces}]
-pin_dir = "{pins}"
-{xdp_extra}
-
-[admin]
-listen = "127.0.0.1:9901"
-
-[[listener]]
-listen = "0.0.0.0:{PROXY}"
-
-[[upstream]]
-name = "app"
-endpoints = ["127.0.0.1:{UPSTREAM}"]
-
-[inspection]
-mode = "block"
-"#,
-        ifaces = ifaces.join(", "),
-        pins = lab.pins.path.display(),
-    )
+    lab.daemon_config_base(PROXY, UPSTREAM, xdp_extra) + "\n[inspection]\nmode = \"block\"\n"
 }
 
 const CATCH_ALL: &str = r#"
@@ -90,28 +62,6 @@ fn start(lab: &Lab, config: &str, health: &str, headers: &[(&str, &str)]) -> Dae
     });
     assert!(up, "the proxy did not come up:\n{}", daemon.output());
     daemon
-}
-
-fn json(lab: &Lab, args: &[&str]) -> Value {
-    let out = lab.cli_ok(args);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from rasp-proxy {args:?} ({e}): {out}"))
-}
-
-fn ban_of(lab: &Lab, addr: &str) -> Option<Value> {
-    json(lab, &["maps", "dump", "bans", "--json"])
-        .as_array()?
-        .iter()
-        .find(|b| b["addr"] == addr)
-        .cloned()
-}
-
-fn stat(lab: &Lab, name: &str) -> u64 {
-    let stats = json(lab, &["maps", "dump", "stats", "--json"]);
-    stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no counter {name} in {stats}"))
 }
 
 /// HS256 tokens made with `PyJWT`: signed with `key`, or with `alg: none` when `key` is `None`.
@@ -186,7 +136,8 @@ fn token_tampering_gets_401s_then_a_kernel_ban() {
         "tampered tokens get 401: {statuses:?}"
     );
     assert!(statuses.len() < 10, "the tamperer must be cut off: {statuses:?}");
-    let ban = ban_of(&lab, &attacker.v4().to_string())
+    let ban = lab
+        .ban_of(&attacker.v4().to_string())
         .unwrap_or_else(|| panic!("no kernel ban:\n{}", daemon.output()));
     assert_eq!(ban["reason"], "auth_abuse", "{ban}");
     let note = ban["note"].as_str().unwrap_or("");
@@ -241,7 +192,7 @@ fn an_identity_abusing_a_valid_token_from_two_addresses_is_blocked_on_both() {
             c.v4()
         );
         assert_eq!(get(c, "/"), Ok(200), "{} itself is not banned", c.v4());
-        assert!(ban_of(&lab, &c.v4().to_string()).is_none(), "no kernel ban");
+        assert!(lab.ban_of(&c.v4().to_string()).is_none(), "no kernel ban");
     }
     let other = token("bob", Some(SECRET));
     assert_eq!(
@@ -303,7 +254,9 @@ fn a_path_scanner_is_banned_and_a_client_with_a_few_404s_is_not() {
         statuses.len(),
         daemon.output()
     );
-    let ban = ban_of(&lab, &scanner.v4().to_string()).expect("the scanner is banned");
+    let ban = lab
+        .ban_of(&scanner.v4().to_string())
+        .expect("the scanner is banned");
     assert_eq!(ban["reason"], "scanning", "{ban}");
     assert!(
         !reachable(&scanner.ns, scanner.host_v4(), UPSTREAM, TIMEOUT),
@@ -311,7 +264,7 @@ fn a_path_scanner_is_banned_and_a_client_with_a_few_404s_is_not() {
     );
 
     assert!(
-        ban_of(&lab, &client.v4().to_string()).is_none(),
+        lab.ban_of(&client.v4().to_string()).is_none(),
         "a few 404s ban nobody"
     );
     assert_eq!(get(client, "/app/x"), Ok(200), "the client is still served");
@@ -364,7 +317,9 @@ fn a_source_far_above_the_learned_rate_gets_429_then_a_ban_while_a_steady_client
         "the attacker must be banned: {} answers",
         attack.len()
     );
-    let ban = ban_of(&lab, &attacker.v4().to_string()).expect("the attacker is banned");
+    let ban = lab
+        .ban_of(&attacker.v4().to_string())
+        .expect("the attacker is banned");
     assert_eq!(ban["reason"], "rate_abuse", "{ban}");
     assert!(get(attacker, "/orders").is_err(), "dropped in the kernel");
 
@@ -372,7 +327,7 @@ fn a_source_far_above_the_learned_rate_gets_429_then_a_ban_while_a_steady_client
         steady_results.iter().all(|r| *r == Ok(200)),
         "the steady client is never refused: {steady_results:?}"
     );
-    assert!(ban_of(&lab, &client.v4().to_string()).is_none());
+    assert!(lab.ban_of(&client.v4().to_string()).is_none());
 }
 
 #[test]
@@ -382,10 +337,10 @@ fn a_udp_flood_trips_the_kernel_rate_limit_while_the_proxy_serves_the_other_clie
     let config = format!("{}{CATCH_ALL}", base(&lab, "rate_limit_pps = 1000"));
     let _daemon = start(&lab, &config, "/", &[]);
     let (client, flooder) = (&lab.clients[0], &lab.clients[1]);
-    assert_eq!(stat(&lab, "dropped_rate_limit"), 0, "nothing limited yet");
+    assert_eq!(lab.stat("dropped_rate_limit"), 0, "nothing limited yet");
 
     send_udp(&flooder.ns, flooder.host_v4(), 5353, 20_000, 64);
-    let dropped = stat(&lab, "dropped_rate_limit");
+    let dropped = lab.stat("dropped_rate_limit");
     assert!(
         dropped > 1000,
         "the kernel rate limit dropped the flood: {dropped}"
@@ -415,7 +370,9 @@ fn a_restarted_daemon_keeps_active_bans_their_remaining_ttl_and_the_strikes() {
     };
 
     attack();
-    let before = ban_of(&lab, &addr).unwrap_or_else(|| panic!("no ban:\n{}", daemon.output()));
+    let before = lab
+        .ban_of(&addr)
+        .unwrap_or_else(|| panic!("no ban:\n{}", daemon.output()));
     let remaining_before = before["remaining"].as_f64().expect("remaining");
     let at = Instant::now();
     drop(daemon);
@@ -424,7 +381,7 @@ fn a_restarted_daemon_keeps_active_bans_their_remaining_ttl_and_the_strikes() {
 
     let daemon = start(&lab, &config, "/", &[]);
     assert!(get(attacker, "/").is_err(), "the attacker is still dropped");
-    let after = ban_of(&lab, &addr).expect("the ban survived the restart");
+    let after = lab.ban_of(&addr).expect("the ban survived the restart");
     let remaining_after = after["remaining"].as_f64().expect("remaining");
     let expected = remaining_before - at.elapsed().as_secs_f64();
     assert!(
@@ -440,7 +397,9 @@ fn a_restarted_daemon_keeps_active_bans_their_remaining_ttl_and_the_strikes() {
     });
     assert!(back, "the first ban expires");
     attack();
-    let second = ban_of(&lab, &addr).unwrap_or_else(|| panic!("no second ban:\n{}", daemon.output()));
+    let second = lab
+        .ban_of(&addr)
+        .unwrap_or_else(|| panic!("no second ban:\n{}", daemon.output()));
     assert_eq!(second["strikes"], 2, "{second}");
     assert!(
         second["remaining"].as_f64().unwrap_or(0.0) > 30.0,

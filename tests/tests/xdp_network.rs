@@ -10,21 +10,6 @@ const PORT: u16 = 8080;
 /// Long enough for a working connection on a veth, short enough that a dropped SYN fails the check quickly.
 const CONNECT: Duration = Duration::from_millis(700);
 
-fn json(lab: &Lab, args: &[&str]) -> Value {
-    let out = lab.cli_ok(args);
-    serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("rasp-proxy {} printed bad JSON ({e}): {out}", args.join(" ")))
-}
-
-fn stat(lab: &Lab, name: &str) -> u64 {
-    let stats = json(lab, &["maps", "dump", "stats", "--json"]);
-    stats
-        .as_array()
-        .and_then(|a| a.iter().find(|s| s["name"] == name))
-        .and_then(|s| s["packets"].as_u64())
-        .unwrap_or_else(|| panic!("no stat {name} in {stats}"))
-}
-
 #[test]
 fn a_banned_client_is_dropped_while_the_other_is_served_and_unban_restores_it() {
     let lab = Lab::new(2);
@@ -58,11 +43,11 @@ fn a_banned_client_is_dropped_while_the_other_is_served_and_unban_restores_it() 
         "client B must still be served"
     );
     assert!(
-        stat(&lab, "dropped_ban") > 0,
+        lab.stat("dropped_ban") > 0,
         "drops must be counted as dropped_ban"
     );
 
-    let bans = json(&lab, &["maps", "dump", "bans", "--json"]);
+    let bans = lab.cli_json(&["maps", "dump", "bans", "--json"]);
     let ban = &bans[0];
     assert_eq!(ban["addr"], a.v4().to_string());
     assert_eq!(ban["note"], "test: banned client");
@@ -96,7 +81,7 @@ fn a_short_ban_expires_in_the_kernel_without_userspace() {
         reachable(&a.ns, a.host_v4(), PORT, CONNECT),
         "an expired ban must let the client through"
     );
-    let bans = json(&lab, &["maps", "dump", "bans", "--json"]);
+    let bans = lab.cli_json(&["maps", "dump", "bans", "--json"]);
     assert_eq!(
         bans[0]["expired"], true,
         "the entry stays until reaped, marked expired: {bans}"
@@ -118,7 +103,7 @@ fn a_cidr_block_drops_and_an_allowlist_exception_wins() {
         !reachable(&b.ns, b.host_v4(), PORT, CONNECT),
         "B is inside the blocked CIDR"
     );
-    assert!(stat(&lab, "dropped_blocklist") > 0);
+    assert!(lab.stat("dropped_blocklist") > 0);
 
     let _ = lab.cli_ok(&["allowlist", "add", &format!("{}/32", a.v4())]);
     assert!(
@@ -135,9 +120,9 @@ fn a_cidr_block_drops_and_an_allowlist_exception_wins() {
         reachable(&a.ns, a.host_v4(), PORT, CONNECT),
         "an allowlisted source must pass despite a ban"
     );
-    assert!(stat(&lab, "allowlisted") > 0);
+    assert!(lab.stat("allowlisted") > 0);
 
-    let list = json(&lab, &["maps", "dump", "blocklist", "--json"]);
+    let list = lab.cli_json(&["maps", "dump", "blocklist", "--json"]);
     assert_eq!(list[0]["cidr"], "198.18.0.0/15");
     let _ = lab.cli_ok(&["blocklist", "remove", "198.18.0.0/15"]);
     assert!(
@@ -157,13 +142,13 @@ fn rate_counters_match_the_packets_sent() {
     // Ethernet 14 + IPv4 20 + UDP 8 + payload.
     let frame = 14 + 20 + 8 + PAYLOAD;
     let ok = eventually(Duration::from_secs(2), || {
-        let rates = json(&lab, &["maps", "dump", "rates", "--json"]);
+        let rates = lab.cli_json(&["maps", "dump", "rates", "--json"]);
         rates.as_array().is_some_and(|r| {
             r.iter()
                 .any(|s| s["addr"] == a.v4().to_string() && s["total_packets"].as_u64() == Some(COUNT as u64))
         })
     });
-    let rates = json(&lab, &["maps", "dump", "rates", "--json"]);
+    let rates = lab.cli_json(&["maps", "dump", "rates", "--json"]);
     assert!(ok, "expected exactly {COUNT} packets from {}: {rates}", a.v4());
     let src = rates
         .as_array()
@@ -187,7 +172,7 @@ fn the_kernel_rate_limit_drops_a_flood_for_the_rest_of_the_window() {
     let (a, b) = (&lab.clients[0], &lab.clients[1]);
     let _ = lab.cli_ok(&["xdp", "set", "--rate-limit-pps", "200", "--rate-window", "1s"]);
     send_udp(&a.ns, a.host_v4(), 9, 2000, 64);
-    let dropped = stat(&lab, "dropped_rate_limit");
+    let dropped = lab.stat("dropped_rate_limit");
     assert!(
         dropped >= 1500,
         "a 2000-packet burst over a 200 pps ceiling should mostly drop, dropped {dropped}"
@@ -231,7 +216,7 @@ fn ipv6_sources_are_banned_and_counted() {
         !reachable(&b.ns, b.host_v6(), PORT, CONNECT),
         "B's IPv6 prefix is blocked"
     );
-    let rates = json(&lab, &["maps", "dump", "rates", "--json"]);
+    let rates = lab.cli_json(&["maps", "dump", "rates", "--json"]);
     assert!(
         rates
             .as_array()
@@ -247,11 +232,11 @@ fn reattaching_keeps_the_bans_and_the_attachment() {
     lab.attach_all();
     let (a, b) = (&lab.clients[0], &lab.clients[1]);
     let _ = lab.cli_ok(&["ban", &a.v4().to_string(), "--ttl", "10m"]);
-    let before = json(&lab, &["xdp", "status", "--json"]);
+    let before = lab.cli_json(&["xdp", "status", "--json"]);
     // What a daemon restart or upgrade does: load again against the pinned maps and link.
     let out = lab.cli_ok(&["xdp", "attach", "--iface", &a.host_iface]);
     assert!(out.contains("re-attached"), "{out}");
-    let after = json(&lab, &["xdp", "status", "--json"]);
+    let after = lab.cli_json(&["xdp", "status", "--json"]);
     let link = |s: &Value, field: &str| {
         s["links"]
             .as_array()
@@ -274,7 +259,7 @@ fn reattaching_keeps_the_bans_and_the_attachment() {
         "the ban survives re-attachment"
     );
     assert!(reachable(&b.ns, b.host_v4(), PORT, CONNECT));
-    let bans = json(&lab, &["maps", "dump", "bans", "--json"]);
+    let bans = lab.cli_json(&["maps", "dump", "bans", "--json"]);
     assert!(
         bans[0]["remaining"].as_f64().unwrap_or(0.0) > 500.0,
         "remaining TTL kept: {bans}"
@@ -289,7 +274,7 @@ fn reattaching_keeps_the_bans_and_the_attachment() {
     let out = lab.cli(&["xdp", "detach", "--iface", &a.host_iface]);
     assert!(!out.status.success(), "detaching twice is an error");
     assert_eq!(
-        json(&lab, &["maps", "dump", "bans", "--json"])
+        lab.cli_json(&["maps", "dump", "bans", "--json"])
             .as_array()
             .map(Vec::len),
         Some(1)
