@@ -222,7 +222,7 @@ fn check_capabilities(root: &Path, tag: &str, runtime: Option<&str>) -> Result<(
     for case in &caps_cases() {
         run_caps_case(case, tag, runtime, &bpffs)?;
     }
-    daemon_drains_and_leaves_xdp(tag, runtime, &bpffs)?;
+    daemon_drains_and_leaves_xdp(root, tag, runtime, &bpffs)?;
     let link = output(Command::new("ip").args(["-n", CAPS_NETNS, "-d", "link", "show", "rpcaps0"]))?;
     ensure!(
         link.contains("prog/xdp"),
@@ -406,7 +406,17 @@ const CAPS_DAEMON: &str = "rasp-image-caps-daemon";
 
 /// The pod's main container: `rasp-proxy run` with the example config under the same settings, stopped the way
 /// the kubelet stops it (SIGTERM). It must drain and exit 0, and leave the XDP program attached.
-fn daemon_drains_and_leaves_xdp(tag: &str, runtime: Option<&str>, bpffs: &Path) -> Result<()> {
+fn daemon_drains_and_leaves_xdp(root: &Path, tag: &str, runtime: Option<&str>, bpffs: &Path) -> Result<()> {
+    // The example config attaches to the node's `eth0`; in the check's namespace the interface is `rpcaps0`.
+    let example =
+        fs::read_to_string(root.join("deploy/config.toml")).context("reading deploy/config.toml")?;
+    let adapted = example.replace("interfaces = [\"eth0\"]", "interfaces = [\"rpcaps0\"]");
+    ensure!(
+        adapted != example,
+        "deploy/config.toml no longer attaches to eth0: update the capability check"
+    );
+    let check_config = bpffs.with_extension("config.toml");
+    fs::write(&check_config, adapted).with_context(|| format!("writing {}", check_config.display()))?;
     let podman = || {
         let mut cmd = Command::new("podman");
         if let Some(r) = runtime {
@@ -434,7 +444,12 @@ fn daemon_drains_and_leaves_xdp(tag: &str, runtime: Option<&str>, bpffs: &Path) 
             .arg(format!("--network=ns:/run/netns/{CAPS_NETNS}"))
             .args(["--user", "0:0", "--cap-add", CAPABILITIES, "--volume"])
             .arg(format!("{}:/sys/fs/bpf", bpffs.display()))
-            .args([tag, "run", "--config", IMAGE_CONFIG]),
+            .arg("--volume")
+            .arg(format!(
+                "{}:/etc/rasp-proxy/check.toml:ro",
+                check_config.display()
+            ))
+            .args([tag, "run", "--config", "/etc/rasp-proxy/check.toml"]),
     )?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
     while !output(podman().args(["logs", CAPS_DAEMON]))?.contains("admin listening") {
