@@ -35,7 +35,7 @@ use proxy_user::{
 use rasp_tests::{Netns, PinDirGuard};
 
 const REPEAT: u32 = 1_000_000;
-const ROUNDS: usize = 5;
+const ROUNDS: usize = 7;
 const BLOCKLIST: usize = 100_000;
 const BANS: usize = 1_000_000;
 const COLD_SOURCES: usize = 20_000;
@@ -78,7 +78,17 @@ fn main() {
     ];
     // Rounds go across the rows (after one warm-up round), so a slow moment of the machine hits every row alike.
     let mut samples = vec![Vec::new(); frames.len()];
+    let xdp_filter = XdpFilter::start();
+    let (mut reference_pass, mut reference_drop) = (Vec::new(), Vec::new());
     for round in 0..=ROUNDS {
+        // The reference runs in the same rounds, so a slow moment of the machine hits both sides.
+        if let Some(x) = &xdp_filter
+            && let (Some(pass), Some(drop)) = (x.run(Ref::Pass), x.run(Ref::Drop))
+            && round > 0
+        {
+            reference_pass.push(pass);
+            reference_drop.push(drop);
+        }
         for (i, (_, frame, _, rate_limited)) in frames.iter().enumerate() {
             if *rate_limited {
                 maps.update_config(|c| {
@@ -114,7 +124,10 @@ fn main() {
         Ref::None,
     ));
 
-    let reference = xdp_filter_reference();
+    let reference = (!reference_pass.is_empty() && !reference_drop.is_empty()).then(|| Reference {
+        pass_ns: median(reference_pass),
+        drop_ns: median(reference_drop),
+    });
     print_table(&rows, reference.as_ref());
 }
 
@@ -251,58 +264,75 @@ struct Reference {
 }
 
 /// xdp-filter (all features, allow policy) with one source-IP drop rule, on a veth in a namespace of its own;
-/// its program run through `bpftool prog run` on the same frames.
-fn xdp_filter_reference() -> Option<Reference> {
-    let ns = Netns::new("xb");
-    ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
-    ns.ip(&["link", "set", "v0", "up"]);
-    ns.ip(&["link", "set", "v1", "up"]);
-    let bpffs = PinDirGuard::new();
-    std::fs::create_dir_all(&bpffs.path).ok()?;
-    let mounted = Command::new("mount")
-        .args(["-t", "bpf", "bpf"])
-        .arg(&bpffs.path)
-        .status()
-        .ok()?
-        .success();
-    if !mounted {
-        eprintln!("xdp-filter reference skipped: cannot mount bpffs");
-        return None;
+/// its program run through `bpftool prog run` on the same frames, in the same rounds as ours. Unloaded on drop.
+struct XdpFilter {
+    ns: Netns,
+    bpffs: PinDirGuard,
+    id: u64,
+    frames: std::path::PathBuf,
+}
+
+impl XdpFilter {
+    fn start() -> Option<Self> {
+        let ns = Netns::new("xb");
+        ns.ip(&["link", "add", "v0", "type", "veth", "peer", "name", "v1"]);
+        ns.ip(&["link", "set", "v0", "up"]);
+        ns.ip(&["link", "set", "v1", "up"]);
+        let bpffs = PinDirGuard::new();
+        std::fs::create_dir_all(&bpffs.path).ok()?;
+        let mounted = Command::new("mount")
+            .args(["-t", "bpf", "bpf"])
+            .arg(&bpffs.path)
+            .status()
+            .ok()?
+            .success();
+        if !mounted {
+            eprintln!("xdp-filter reference skipped: cannot mount bpffs");
+            return None;
+        }
+        let frames = bpffs.path.with_extension("frames");
+        std::fs::create_dir_all(&frames).ok()?;
+        std::fs::write(frames.join("pass"), v4_frame(PASS_V4)).ok()?;
+        std::fs::write(frames.join("drop"), v4_frame(BANNED_V4)).ok()?;
+        let mut me = Self {
+            ns,
+            bpffs,
+            id: 0,
+            frames,
+        };
+        if me.xdp_filter(&["load", "v0"]).is_none() {
+            eprintln!("xdp-filter reference skipped: `xdp-filter load` failed (is xdp-tools installed?)");
+            return None;
+        }
+        let _ = me.xdp_filter(&["ip", &BANNED_V4.to_string(), "-m", "src"]);
+        me.id = xdp_filter_prog_id()?;
+        Some(me)
     }
-    let xdp_filter = |args: &[&str]| {
-        ns.command("xdp-filter")
+
+    fn xdp_filter(&self, args: &[&str]) -> Option<std::process::Output> {
+        self.ns
+            .command("xdp-filter")
             .args(args)
-            .env("LIBXDP_BPFFS", &bpffs.path)
+            .env("LIBXDP_BPFFS", &self.bpffs.path)
             .output()
             .ok()
             .filter(|o| o.status.success())
-    };
-    if xdp_filter(&["load", "v0"]).is_none() {
-        eprintln!("xdp-filter reference skipped: `xdp-filter load` failed (is xdp-tools installed?)");
-        return None;
     }
-    let _ = xdp_filter(&["ip", &BANNED_V4.to_string(), "-m", "src"]);
-    let id = xdp_filter_prog_id();
-    let result = id.and_then(|id| {
-        let tmp = bpffs.path.with_extension("frames");
-        std::fs::create_dir_all(&tmp).ok()?;
-        let run = |frame: &[u8], name: &str| -> Option<f64> {
-            let file = tmp.join(name);
-            std::fs::write(&file, frame).ok()?;
-            let _warm_up = bpftool_run(id, &file);
-            let samples: Vec<f64> = (0..ROUNDS).filter_map(|_| bpftool_run(id, &file)).collect();
-            (!samples.is_empty()).then(|| median(samples))
-        };
-        let r = Reference {
-            pass_ns: run(&v4_frame(PASS_V4), "pass")?,
-            drop_ns: run(&v4_frame(BANNED_V4), "drop")?,
-        };
-        let _ = std::fs::remove_dir_all(&tmp);
-        Some(r)
-    });
-    let _ = xdp_filter(&["unload", "--all", "v0"]);
-    let _ = Command::new("umount").arg(&bpffs.path).status();
-    result
+
+    fn run(&self, which: Ref) -> Option<f64> {
+        bpftool_run(
+            self.id,
+            &self.frames.join(if which == Ref::Drop { "drop" } else { "pass" }),
+        )
+    }
+}
+
+impl Drop for XdpFilter {
+    fn drop(&mut self) {
+        let _ = self.xdp_filter(&["unload", "--all", "v0"]);
+        let _ = Command::new("umount").arg(&self.bpffs.path).status();
+        let _ = std::fs::remove_dir_all(&self.frames);
+    }
 }
 
 fn xdp_filter_prog_id() -> Option<u64> {
