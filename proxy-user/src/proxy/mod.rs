@@ -328,7 +328,13 @@ fn build_enforcer(config: &Config, connections: Arc<ConnectionRegistry>) -> Resu
         }
     }
     tracing::info!(mode = ?config.risk.mode, kernel = kernel.is_some(), "self-protection loop ready");
-    Ok(Enforcer::new(engine, kernel, connections))
+    let has_kernel = kernel.is_some();
+    let enforcer = Enforcer::new(engine, kernel, connections);
+    let pins = crate::xdp::PinDir::new(&config.xdp.pin_dir);
+    Ok(match crate::xdp::loader::links(&pins)?.first() {
+        Some(link) if has_kernel => enforcer.with_kernel_log(link.prog_id),
+        _ => enforcer,
+    })
 }
 
 /// The daemon: starts, reloads on SIGHUP, drains on SIGTERM or ctrl-c.

@@ -32,6 +32,8 @@ pub struct Enforcer {
     engine: RiskEngine,
     /// The pinned kernel maps, when the daemon runs with XDP.
     kernel: Option<Mutex<KernelMaps>>,
+    /// The XDP program's own log records (its rare error paths), forwarded to the daemon's log each tick.
+    kernel_log: Option<Mutex<aya_log::EbpfLogger<&'static dyn log::Log>>>,
     connections: Arc<ConnectionRegistry>,
 }
 
@@ -41,10 +43,22 @@ impl Enforcer {
         Self {
             engine,
             kernel: kernel.map(Mutex::new),
+            kernel_log: None,
             connections,
         }
     }
 
+    /// Forwards the log records of the XDP program with this id (see `xdp::loader::links`).
+    #[must_use]
+    pub fn with_kernel_log(mut self, program_id: u32) -> Self {
+        match aya_log::EbpfLogger::init_from_id(program_id) {
+            Ok(logger) => self.kernel_log = Some(Mutex::new(logger)),
+            Err(e) => {
+                tracing::warn!(program_id, error = %e, "the XDP program's log records will not be forwarded");
+            }
+        }
+        self
+    }
     #[must_use]
     pub fn engine(&self) -> &RiskEngine {
         &self.engine
@@ -365,6 +379,9 @@ impl Enforcer {
     /// Housekeeping, once a second: kernel packet rates into the engine (volumetric abuse the proxy never sees)
     /// and, every `reap_every` calls, expired bans out of the map.
     pub fn tick(&self, metrics: &Metrics, reap: bool, derive_rate_limit: bool) {
+        if let Some(logger) = &self.kernel_log {
+            logger.lock().unwrap_or_else(PoisonError::into_inner).flush();
+        }
         let Some(kernel) = &self.kernel else { return };
         let cfg = self.engine.config();
         let flood_pps = cfg.flood_pps;
