@@ -168,7 +168,7 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
             .args(&args),
     )?;
     // One closing line over every test binary, so the total is read rather than the last binary's count.
-    println!("xtask test: {} passed, {} failed", tally.passed, tally.failed);
+    println!("tests: {} passed, {} failed", tally.passed, tally.failed);
     if tally.failed > 0 {
         bail!("{} tests failed", tally.failed);
     }
