@@ -290,6 +290,13 @@ impl RiskEngine {
         }
     }
 
+    /// The engine's state. A panic elsewhere while holding it leaves plain data behind, so poisoning is ignored.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     #[must_use]
     pub fn config(&self) -> &RiskConfig {
         &self.cfg
@@ -304,10 +311,7 @@ impl RiskEngine {
 
     /// Feeds one signal; returns the scores and any action it triggers.
     pub fn record(&self, ctx: &Context<'_>, signal: Signal<'_>, now: Instant) -> Outcome {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         let mut out = Outcome::default();
         let scored = self.points(&mut inner, ctx, signal, now, &mut out);
         self.score_source(&mut inner, ctx, &scored, now, &mut out);
@@ -483,20 +487,14 @@ impl RiskEngine {
 
     /// How much longer an identity is refused, if it is.
     pub fn identity_blocked(&self, identity: &Identity, now: Instant) -> Option<Duration> {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         let t = inner.identities.get(&identity_key(identity))?;
         t.until.filter(|u| *u > now).map(|u| u.duration_since(now))
     }
 
     /// Identities currently blocked, with the time left and the chain that led there.
     pub fn blocked_identities(&self, now: Instant) -> Vec<(String, Duration, Vec<ChainLink>)> {
-        let inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self.lock();
         inner
             .identities
             .iter()
@@ -514,10 +512,7 @@ impl RiskEngine {
 
     /// Lifts an identity block. Returns whether there was one.
     pub fn unblock_identity(&self, identity: &str) -> bool {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         inner
             .identities
             .get_mut(identity)
@@ -526,10 +521,7 @@ impl RiskEngine {
 
     /// The chain of events recorded for a source, newest last.
     pub fn source_chain(&self, ip: IpAddr) -> Vec<ChainLink> {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         inner
             .sources
             .get(&SourceKey::new(ip, self.cfg.ipv6_prefix))
@@ -539,10 +531,7 @@ impl RiskEngine {
 
     /// Strikes a source has had, as the engine remembers them.
     pub fn source_strikes(&self, ip: IpAddr) -> u32 {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         inner
             .sources
             .get(&SourceKey::new(ip, self.cfg.ipv6_prefix))
@@ -551,10 +540,7 @@ impl RiskEngine {
 
     /// Raises the engine's memory of a source's strikes (e.g. from the kernel's ban after a restart).
     pub fn note_strikes(&self, ip: IpAddr, strikes: u32, now: Instant) {
-        let mut inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut inner = self.lock();
         let t = inner
             .sources
             .get_or_insert_mut(SourceKey::new(ip, self.cfg.ipv6_prefix), || Tracked::new(now));
@@ -563,10 +549,7 @@ impl RiskEngine {
 
     /// A route's learned baseline.
     pub fn baseline(&self, route: &str) -> Option<Baseline> {
-        let inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let inner = self.lock();
         inner.baselines.get(route).copied()
     }
 }
