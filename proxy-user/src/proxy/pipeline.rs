@@ -73,6 +73,9 @@ pub struct RequestCtx {
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
     pub verdict: &'static str,
     pub bytes_in: Arc<AtomicU64>,
+    /// The body length the client declared (`Content-Length`, or an exact size hint), read once by the request
+    /// filter.
+    pub declared_body: Option<u64>,
 }
 
 /// A refusal or failure the proxy answers itself. The body says only the class of problem and the request id.
@@ -140,6 +143,7 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
         identity: None,
         verdict: "allow",
         bytes_in: Arc::new(AtomicU64::new(0)),
+        declared_body: None,
     };
     let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -186,6 +190,7 @@ fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(
         ctx.verdict = "limit";
         return Err(Reject::PayloadTooLarge);
     }
+    ctx.declared_body = declared;
     // A forged subject header would impersonate whoever the upstream trusts it to name.
     let subject = ctx.generation.subject_header.clone();
     req.headers_mut().remove(&subject);
@@ -332,15 +337,10 @@ async fn inspect(
         .limits()
         .inspect_body_bytes
         .min(policy.max_body_bytes());
-    let declared = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let (prefix, body) = body::buffer_prefix(body, limit)
         .await
         .map_err(|e| client_body_error(ctx, &*e))?;
-    let truncated = declared.is_some_and(|n| n > prefix.len() as u64) || prefix.len() >= limit;
+    let truncated = ctx.declared_body.is_some_and(|n| n > prefix.len() as u64) || prefix.len() >= limit;
     let headers: Vec<(&str, &[u8])> = parts
         .headers
         .iter()
