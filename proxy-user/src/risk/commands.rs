@@ -13,7 +13,7 @@ use crate::{
     Error,
     addr::parse_addr,
     cli::PinDirArg,
-    xdp::{KernelMaps, PinDir},
+    xdp::{KernelMaps, PinDir, commands::print_json},
 };
 
 #[derive(Debug, Subcommand)]
@@ -59,7 +59,7 @@ pub fn run_bans(pins: &PinDirArg, cmd: &BansCommand) -> Result<(), Error> {
             Err(e) => {
                 tracing::warn!(error = %e, "no daemon answered; showing the kernel's bans only");
                 let maps = KernelMaps::open(&PinDir::new(&pins.pin_dir))?;
-                print_value(&serde_json::json!(maps.bans()?))
+                print_json(&serde_json::json!(maps.bans()?))
             }
         },
         BansCommand::Explain { addr, admin } => {
@@ -70,7 +70,7 @@ pub fn run_bans(pins: &PinDirArg, cmd: &BansCommand) -> Result<(), Error> {
                     tracing::warn!(error = %e, "no daemon answered; showing the kernel's entry only");
                     let maps = KernelMaps::open(&PinDir::new(&pins.pin_dir))?;
                     match maps.ban_of(ip)? {
-                        Some(ban) => print_value(&serde_json::json!({ "addr": ip, "ban": ban, "chain": [] })),
+                        Some(ban) => print_json(&serde_json::json!({ "addr": ip, "ban": ban, "chain": [] })),
                         None => Err(Error::Other(format!("{ip} is not banned"))),
                     }
                 }
@@ -82,7 +82,7 @@ pub fn run_bans(pins: &PinDirArg, cmd: &BansCommand) -> Result<(), Error> {
                 print_pretty(&body)
             } else {
                 let lifted = KernelMaps::open(&PinDir::new(&pins.pin_dir))?.unban(ip)?;
-                print_value(&serde_json::json!({ "lifted": lifted }))
+                print_json(&serde_json::json!({ "lifted": lifted }))
             }
         }
     }
@@ -144,15 +144,9 @@ fn admin_call(admin: SocketAddr, method: &str, path: &str) -> Result<String, Str
 
 fn print_pretty(body: &str) -> Result<(), Error> {
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(body) {
-        print_value(&v)
+        print_json(&v)
     } else {
         println!("{body}");
         Ok(())
     }
-}
-
-fn print_value(v: &serde_json::Value) -> Result<(), Error> {
-    let s = serde_json::to_string_pretty(v).map_err(|e| Error::Other(e.to_string()))?;
-    println!("{s}");
-    Ok(())
 }

@@ -505,7 +505,7 @@ fn short(d: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
-fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Error> {
+pub(crate) fn print_json<T: Serialize + ?Sized>(value: &T) -> Result<(), Error> {
     let s = serde_json::to_string_pretty(value).map_err(|e| Error::Other(e.to_string()))?;
     println!("{s}");
     Ok(())
