@@ -167,6 +167,19 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool, flags: &mut DecodeFlags
                 changed = true;
                 continue;
             }
+            // An escape split by a stray `%` (`%2%f`), as fuzz lists spell separators for decoders that skip
+            // it; only a dot or a separator is restored, so text with percent signs is left alone.
+            if let (Some(h), Some(b'%'), Some(l)) = (
+                input.get(i + 1).and_then(|&c| hex(c)),
+                input.get(i + 2),
+                input.get(i + 3).and_then(|&c| hex(c)),
+            ) && matches!(h << 4 | l, b'.' | b'/' | b'\\')
+            {
+                out.push(h << 4 | l);
+                i += 4;
+                changed = true;
+                continue;
+            }
             if matches!(input.get(i + 1), Some(b'u' | b'U'))
                 && let Some(cp) = input.get(i + 2..).and_then(hex4)
             {
@@ -191,14 +204,15 @@ pub fn percent_decode(input: &[u8], plus_as_space: bool, flags: &mut DecodeFlags
     changed.then_some(out)
 }
 
-/// Folds overlong UTF-8 sequences (2-, 3- and 4-byte forms of code points that need fewer bytes) to the code
-/// point they smuggle. `None` if there was none.
+/// Folds overlong UTF-8 sequences (2-, 3- and 4-byte forms of code points that need fewer bytes, and the 5-
+/// and 6-byte forms of the original UTF-8 that some decoders still accept) to the code point they smuggle.
+/// `None` if there was none.
 #[must_use]
 pub fn fold_overlong(input: &[u8]) -> Option<Vec<u8>> {
     let is_cont = |b: Option<&u8>| b.is_some_and(|&b| b & 0xC0 == 0x80);
     let first = input
         .iter()
-        .position(|&b| matches!(b, 0xC0 | 0xC1 | 0xE0 | 0xF0))?;
+        .position(|&b| matches!(b, 0xC0 | 0xC1 | 0xE0 | 0xF0 | 0xF8..=0xFD))?;
     let mut out = Vec::with_capacity(input.len());
     out.extend_from_slice(&input[..first]);
     let mut i = first;
@@ -206,6 +220,22 @@ pub fn fold_overlong(input: &[u8]) -> Option<Vec<u8>> {
     while i < input.len() {
         let b = input[i];
         let cp = match b {
+            // IIS-era decoders kept only the low six bits of a 2-byte sequence whose lead can never be valid,
+            // continuation or not (`%c1%1c` is `\\`, `%c1%af` is `/`): the separators and the dot they smuggle
+            // are read that way, anything else strictly.
+            0xC0 | 0xC1
+                if input
+                    .get(i + 1)
+                    .is_some_and(|&c| matches!(c & 0x3F, 0x1C | 0x2E | 0x2F)) =>
+            {
+                Some((
+                    2,
+                    match input[i + 1] & 0x3F {
+                        0x1C => u32::from(b'\\'),
+                        low => u32::from(low),
+                    },
+                ))
+            }
             0xC0 | 0xC1 if is_cont(input.get(i + 1)) => {
                 Some((2, u32::from(b & 0x1F) << 6 | u32::from(input[i + 1] & 0x3F)))
             }
@@ -227,6 +257,18 @@ pub fn fold_overlong(input: &[u8]) -> Option<Vec<u8>> {
                         | u32::from(input[i + 2] & 0x3F) << 6
                         | u32::from(input[i + 3] & 0x3F),
                 ))
+            }
+            0xF8..=0xFD => {
+                // Never valid since RFC 3629: a 5-byte (F8–FB) or 6-byte (FC–FD) sequence, decoded as the
+                // original UTF-8 did.
+                let len = if b >= 0xFC { 6 } else { 5 };
+                (1..len).all(|k| is_cont(input.get(i + k))).then(|| {
+                    let lead = u32::from(b & if len == 6 { 0x01 } else { 0x03 });
+                    let cp = input[i + 1..i + len]
+                        .iter()
+                        .fold(lead, |acc, &c| acc << 6 | u32::from(c & 0x3F));
+                    (len, cp)
+                })
             }
             _ => None,
         };
@@ -574,6 +616,18 @@ mod tests {
         let n = normalize("café Ünïcode".as_bytes(), 1024);
         assert_eq!(n.text, "café Ünïcode");
         assert!(!n.flags.overlong_utf8);
+        // 5- and 6-byte forms, and the IIS reading of invalid 2-byte leads.
+        let n = normalize(b"%fc%80%80%80%80%ae%f8%80%80%80%af", 1024);
+        assert_eq!(n.text, "./");
+        let n = normalize(b"..%c1%1c..%c1%afx", 1024);
+        assert_eq!(n.text, "..\\../x");
+    }
+
+    #[test]
+    fn split_escapes_restore_only_separators() {
+        assert_eq!(norm(b"..%2%f..%5%cx%2%e"), "../..\\x.");
+        // Any other split escape is text.
+        assert_eq!(norm(b"50%4%1"), "50%4%1");
     }
 
     #[test]

@@ -147,6 +147,31 @@ fn traversal_and_lookalikes() {
 }
 
 #[test]
+fn traversal_with_garbled_separators_and_lookalikes() {
+    // IIS-era escapes with non-hex digits, split escapes, 5- and 6-byte overlong forms, hex literals.
+    blocks(&get("/f?name=..%c0%qf..%c0%qfetc%c0%qfhosts"), "traversal.");
+    blocks(
+        &get("/f?name=..%c1%pcwinnt%c1%pcsystem32%c1%pcdrivers"),
+        "traversal.",
+    );
+    blocks(&get("/f?name=..%c1%afetc%c1%afshadow"), "traversal.");
+    blocks(&get("/f?name=..%5%c..%5%cwindows%5%cwin.ini"), "traversal.");
+    blocks(&get("/f?name=..%2%f..%2%fetc%2%fgroup"), "traversal.");
+    blocks(
+        &get("/f?name=%fc%80%80%80%80%ae%fc%80%80%80%80%ae%f8%80%80%80%afetc%f8%80%80%80%afshadow"),
+        "traversal.",
+    );
+    blocks(&get("/f?name=0x2e0x2e0x2f0x2e0x2e0x2fetc0x2fgroup"), "traversal.");
+    blocks(&get("/f?name=.%00.%bg%qf.%00.%bg%qfetc%bg%qfhosts"), "traversal.");
+    blocks(&header("Cookie", "theme=.htpasswd"), "traversal.");
+    // Percent signs and hex in ordinary values.
+    passes(&get(&q("50%off today, 100%good")));
+    passes(&get("/f?wallet=0x52908400098527886e0f7030069857d2e4169ee7"));
+    passes(&get(&q("Ángel Núñez")));
+    passes(&get(&q("see the .NET docs")));
+}
+
+#[test]
 fn ssrf_rfi_and_lookalikes() {
     blocks(&get(&q("http://169.254.169.254/latest/meta-data/")), "ssrf.");
     blocks(&get(&q("http://127.0.0.1:8080/admin")), "ssrf.");

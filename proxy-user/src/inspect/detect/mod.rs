@@ -104,13 +104,25 @@ pub(crate) struct Value<'a> {
 }
 
 /// Characters that never start or carry an attack on their own: a value of only these (an id, a number, a
-/// slug, a timestamp) is skipped without decoding. `..` (traversal) and `__` (`__proto__`) are the exceptions
-/// built from them.
+/// slug, a timestamp) is skipped without decoding. `..` (traversal), `__` (`__proto__`) and a leading dot
+/// before a name (`.htaccess`, `.env`: hidden files) are the exceptions built from them.
 fn is_plain(raw: &[u8]) -> bool {
-    raw.iter()
-        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@'))
+    !(raw.first() == Some(&b'.') && raw.get(1).is_some_and(u8::is_ascii_alphabetic))
+        && raw
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@'))
         && memchr::memmem::find(raw, b"..").is_none()
         && memchr::memmem::find(raw, b"__").is_none()
+        && !has_hex_separator(raw)
+}
+
+/// `0x2e`, `0x2f`, `0x5c`: a dot or separator spelled as a C hex literal, which lenient path parsers and
+/// fuzz lists use and which is made only of plain characters.
+fn has_hex_separator(raw: &[u8]) -> bool {
+    memchr::memmem::find_iter(raw, b"0x").any(|at| {
+        raw.get(at + 2..at + 4)
+            .is_some_and(|h| matches!(&*h.to_ascii_lowercase(), b"2e" | b"2f" | b"5c"))
+    })
 }
 
 /// Binary content: a well-known binary file signature, or a long value with control bytes that no text

@@ -130,7 +130,12 @@ const UNMISTAKABLE: &[&str] = &[
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     let c = v.classes;
-    if !c.any(Classes::SLASH | Classes::DOT | Classes::COLON) {
+    // Garbled separators (`%qf`, `0x2f`, undecodable bytes) stand in for `/` and `.`, so a value built only
+    // of them and names is still a path.
+    if !c.any(Classes::SLASH | Classes::DOT | Classes::COLON)
+        && !v.lower.contains(['%', char::REPLACEMENT_CHARACTER])
+        && !v.lower.contains("0x")
+    {
         return;
     }
     if v.kind == FieldKind::Path {
@@ -155,7 +160,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let before_ok = at == 0
             || matches!(
                 s[at - 1],
-                b'/' | b'\\' | b'=' | b' ' | b'\'' | b'"' | b':' | b';' | b'|'
+                b'/' | b'\\' | b'=' | b' ' | b'\'' | b'"' | b':' | b';' | b'|' | b'%' | b'?' | b'*'
             );
         let after_sep = matches!(s.get(end), Some(b'/' | b'\\' | b'%'))
             || (end == s.len() && at > 0 && matches!(s[at - 1], b'/' | b'\\'));
@@ -267,10 +272,12 @@ fn find_sensitive(lower: &str) -> Option<usize> {
 }
 
 /// Separators spelled in ways no standard decoder undoes but fuzz lists and lenient parsers use: C-style hex
-/// literals (`0x2f`) and percent signs split inside the escape (`%2%f`). Only dots and separators are
-/// restored, and only for this detector.
+/// literals (`0x2f`), percent signs split inside the escape (`%2%f`), escapes with non-hex digits that IIS-era
+/// decoders still turned into separators (`%c0%qf`, `%c1%pc`: `%qf` survives every decoder as text) and bytes
+/// that were not UTF-8 at all. Only dots and separators are restored, and only for this detector: a garbled
+/// escape or an undecodable byte between `..` and a directory name is a separator to the server it targets.
 fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
-    if !lower.contains("0x") && !lower.contains('%') {
+    if !lower.contains("0x") && !lower.contains('%') && !lower.contains(char::REPLACEMENT_CHARACTER) {
         return std::borrow::Cow::Borrowed(lower);
     }
     let mut out = lower.to_owned();
@@ -287,7 +294,33 @@ fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
             out = out.replace(from, to);
         }
     }
+    if out.contains('%') || out.contains(char::REPLACEMENT_CHARACTER) {
+        out = garbled_to_separator(&out);
+    }
     std::borrow::Cow::Owned(out)
+}
+
+/// Replaces each invalid percent escape (`%` and two alphanumerics that are not a hex pair) and each
+/// replacement character (an undecodable byte) with `/`.
+fn garbled_to_separator(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.char_indices().peekable();
+    let b = s.as_bytes();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            '%' if b.get(i + 1..i + 3).is_some_and(|p| {
+                p.iter().all(u8::is_ascii_alphanumeric) && !p.iter().all(u8::is_ascii_hexdigit)
+            }) =>
+            {
+                out.push('/');
+                chars.next();
+                chars.next();
+            }
+            char::REPLACEMENT_CHARACTER => out.push('/'),
+            _ => out.push(c),
+        }
+    }
+    out
 }
 
 /// Directory/file name pairs that make up the paths read to prove a traversal.
