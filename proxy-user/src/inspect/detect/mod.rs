@@ -174,7 +174,7 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
         };
         scan_decoded(&inner, policy, sink);
     }
-    if is_plain(field.raw) {
+    if is_plain(field.raw) && (field.kind == FieldKind::Name || !cmdi::is_bare_command(field.raw)) {
         return;
     }
     if matches!(field.kind, FieldKind::Body | FieldKind::Value) && is_binary(field.raw) {
