@@ -96,6 +96,25 @@ fn sqli_attacks_and_lookalikes() {
 }
 
 #[test]
+fn sql_tails_catalog_probes_and_statements_and_lookalikes() {
+    blocks(&get(&q(" OR a=a")), "sqli.");
+    blocks(&get(&q("or false#")), "sqli.");
+    blocks(&get(&q(" ORDER BY 12-- ")), "sqli.");
+    blocks(&get(&q(" HAVING 2=2")), "sqli.");
+    blocks(&get(&q("select @@hostname")), "sqli.");
+    blocks(&get(&q("select name from sysdatabases")), "sqli.");
+    blocks(&get(&q("' grant dba to mallory; --")), "sqli.");
+    blocks(
+        &get(&q("x'); insert into accounts (name, role) values ('m', 'admin')")),
+        "sqli.",
+    );
+    passes(&get(&q("order by date")));
+    passes(&get(&q("or maybe tomorrow")));
+    passes(&get(&q("where is my order")));
+    passes(&get(&q("grant application deadline")));
+}
+
+#[test]
 fn xss_attacks_and_lookalikes() {
     blocks(&get(&q("<script>alert(1)</script>")), "xss.");
     blocks(&get(&q("<img src=x onerror=alert(1)>")), "xss.");

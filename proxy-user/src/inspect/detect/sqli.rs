@@ -112,7 +112,7 @@ static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
 
 /// A subquery glued to a closed string or number (`'||(select …`), or a probe of the catalog tables.
 static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b)").ok()
+    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b|master\s*\.\s*\.|sys(?:users|servers|databases|logins|processes|files)\b|pg_(?:group|user|roles|database|tables|stat\w*)\b|all_users|dba_\w+|v\$\w+)|\bselect\s+(?:@@\w+|(?:current_user|session_user|system_user|user|version|database|schema)\s*(?:\(\s*\)|;|$))").ok()
 });
 
 /// Stored procedures and functions that reach the file system or the network from SQL.
@@ -125,6 +125,19 @@ static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
         r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
     )
     .ok()
+});
+/// A value that opens as the tail of a query in a numeric context: a logic operator and a comparison, a
+/// boolean or a subquery (` OR x=x`, `or true--`), a column-count probe (` ORDER BY 7--`), a `HAVING` or
+/// `WHERE` condition. Prose does not start with `or` and continue with `x=y`.
+static LEADING_LOGIC_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r#"^[\s'"`)]*(?:(?:or|and|xor|\|\||&&)\s+(?:\(?\s*[\w'"]+\s*(?:=|<>|!=|<|>|\blike\b)\s*[\w'"]+|(?:true|false)\s*(?:$|--|#|/\*|;)|\(\s*select\b)|(?:order|group)\s+by\s+\d+\s*(?:$|--|#|/\*|;|,|asc\b|desc\b)|having\s+\w+\s*(?:=|<|>)|(?:as\s+\w+\s+)?where\s+\w+\s*(?:=|<|>)\s*\w+)"#)
+        .ok()
+});
+/// Statements that create accounts, grant rights or write rows: `create user … identified by`,
+/// `grant dba to x`, `insert into t (…) values (…)`.
+static DDL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
+    Regex::new(r"\bcreate\s+(?:user|login|role)\s+\w+\s+(?:identified|with)\b|\bgrant\s+(?:all|connect|resource|dba|sysdba|select|insert|execute|admin)\b[\w\s,]{0,60}\bto\s+\w+|\binsert\s+into\s+[\w.`\x22\[\]]+\s*\([^)]{0,200}\)\s*values\s*\(|\bcreate\s+table\s+\w+\s*\(\s*\w+\s+(?:text|int|varchar|blob)\b")
+        .ok()
 });
 static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
@@ -187,6 +200,8 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         (&ERROR_RE, &ERROR_BASED),
         (&UNION_RE, &UNION),
         (&STACKED_RE, &STACKED),
+        (&LEADING_LOGIC_RE, &TAUTOLOGY),
+        (&DDL_RE, &STACKED),
     ] {
         if let Some(m) = re.as_ref().and_then(|re| re.find(&folded)) {
             sink.report_as(rule, severity, v.location, excerpt(&folded, m.start()));
