@@ -115,6 +115,16 @@ fn sql_tails_catalog_probes_and_statements_and_lookalikes() {
 }
 
 #[test]
+fn quoted_operator_words_in_prose_pass_but_bare_operators_do_not() {
+    passes(&get(&q("VINTAGE GARDEN \"NOT\" INCLUDED")));
+    passes(&get(&q("TOOLS \"&\" HARDWARE CATALOGUE")));
+    passes(&get(&q("60% LINEN AND 40% SILK")));
+    blocks(&get(&q("' + '")), "sqli.");
+    blocks(&get(&q("x' ^ 0 != '1")), "sqli.");
+    blocks(&get(&q("1' OR '1'='1")), "sqli.");
+}
+
+#[test]
 fn xss_attacks_and_lookalikes() {
     blocks(&get(&q("<script>alert(1)</script>")), "xss.");
     blocks(&get(&q("<img src=x onerror=alert(1)>")), "xss.");

@@ -158,8 +158,21 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         FieldKind::Header | FieldKind::Referer => &LIBINJECTION_HEADER,
         _ => &LIBINJECTION,
     };
-    if sink.enabled(rule) && libinjectionrs::detect_sqli(v.text.as_bytes()).is_injection() {
-        sink.report(rule, v.location, excerpt(v.text, 0));
+    if sink.enabled(rule) {
+        let found = libinjectionrs::detect_sqli(v.text.as_bytes());
+        if found.is_injection() {
+            let ambiguous = found
+                .fingerprint
+                .as_ref()
+                .is_some_and(|f| LONE_OPERATOR_FINGERPRINTS.contains(&f.as_str()))
+                && reads_as_prose(v.lower);
+            let severity = if ambiguous {
+                Severity::Error
+            } else {
+                Severity::Critical
+            };
+            sink.report_as(rule, severity, v.location, excerpt(v.text, 0));
+        }
     }
     if !v
         .classes
@@ -207,6 +220,79 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             sink.report_as(rule, severity, v.location, excerpt(&folded, m.start()));
         }
     }
+}
+
+/// libinjection fingerprints of a single operator between two literals (`' + '`, `"&"`, `1 & 1`) or a number
+/// and a comment. As whole payloads they probe how a query concatenates; inside prose they are how people
+/// quote a word (`CHRISTMAS STOCKING "NOT" STUFFER`). There, libinjection's verdict is evidence, not proof.
+const LONE_OPERATOR_FINGERPRINTS: &[&str] =
+    &["sos", "s&s", "1&1", "1o1", "1os", "so1", "s&1", "1&s", "1c", "sc"];
+
+/// At least two words of three letters or more that are neither SQL keywords nor identifiers attacks
+/// name: the value is text a person wrote, not an expression.
+fn reads_as_prose(lower: &str) -> bool {
+    const SQL_VOCABULARY: &[&str] = &[
+        "select",
+        "union",
+        "insert",
+        "update",
+        "delete",
+        "drop",
+        "and",
+        "not",
+        "like",
+        "null",
+        "mod",
+        "div",
+        "xor",
+        "regexp",
+        "rlike",
+        "sounds",
+        "from",
+        "where",
+        "having",
+        "order",
+        "group",
+        "limit",
+        "sleep",
+        "benchmark",
+        "true",
+        "false",
+        "case",
+        "when",
+        "then",
+        "else",
+        "end",
+        "exec",
+        "char",
+        "concat",
+        "column",
+        "table",
+        "current",
+        "date",
+        "time",
+        "user",
+        "load",
+        "data",
+        "infile",
+        "outfile",
+        "into",
+        "password",
+        "version",
+        "database",
+        "schema",
+        "all",
+        "distinct",
+        "values",
+        "set",
+        "create",
+    ];
+    lower
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .filter(|w| w.len() >= 3 && !SQL_VOCABULARY.contains(w))
+        .take(2)
+        .count()
+        >= 2
 }
 
 /// SQL words that can carry an injection without any quote or comment (numeric context: `1 or 1=1`,

@@ -60,6 +60,12 @@ const JS_SINK: Rule = Rule {
     severity: Severity::Warning,
     paranoia: 1,
 };
+const DOCUMENT_MARKUP: Rule = Rule {
+    id: "xss.document_markup",
+    category: AttackCategory::Xss,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const JS_CALL: Rule = Rule {
     id: "xss.js_call",
     category: AttackCategory::Xss,
@@ -141,6 +147,12 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
                 sink.report(&DANGEROUS_TAG, v.location, excerpt(v.text, at));
             }
         }
+        // IE conditional comments: markup that only some browsers parse, to slip past filters.
+        for cc in ["<!--[if", "<![endif"] {
+            if let Some(at) = v.lower.find(cc) {
+                sink.report(&DOCUMENT_MARKUP, v.location, excerpt(v.text, at));
+            }
+        }
     }
     if c.any(Classes::COLON) {
         script_uri(v, sink);
@@ -212,6 +224,11 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
         }
         let closed = tag_end < s.len();
         scan_attrs(v, attrs, lt, sink);
+        // A page's own structure (`<html>`, `</head>`, `<body onload…>`) has no place in a parameter: it is
+        // markup injected to rewrite the page it lands in. Rich-text fields carry fragments, not documents.
+        if matches!(name, "html" | "head" | "body" | "frameset") && closed {
+            sink.report(&DOCUMENT_MARKUP, v.location, excerpt(v.text, lt));
+        }
         // Tags that run script or load active content by themselves.
         if (matches!(
             name,
