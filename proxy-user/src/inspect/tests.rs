@@ -125,6 +125,19 @@ fn quoted_operator_words_in_prose_pass_but_bare_operators_do_not() {
 }
 
 #[test]
+fn sql_typed_into_a_search_box_is_evidence_but_probes_are_not_ignored() {
+    // A plain statement alone needs the application to run the whole parameter as SQL.
+    passes(&get(&q("select 1 from a")));
+    passes(&get(&q("SELECT * FROM orders WHERE orders.ref = 'x12' LIMIT 1;")));
+    blocks(&get(&q("select name from all_tables")), "sqli.");
+    blocks(&get(&q("SELECT 0x61646d696e FROM t")), "sqli.");
+    blocks(&get(&q("select version() from dual")), "sqli.");
+    // A sentence that mentions a script tag is not one.
+    passes(&get(&q("why is binary<script an error")));
+    blocks(&get(&q("x<script src=//evil.example/x.js")), "xss.");
+}
+
+#[test]
 fn xss_attacks_and_lookalikes() {
     blocks(&get(&q("<script>alert(1)</script>")), "xss.");
     blocks(&get(&q("<img src=x onerror=alert(1)>")), "xss.");

@@ -112,7 +112,7 @@ static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
 
 /// A subquery glued to a closed string or number (`'||(select …`), or a probe of the catalog tables.
 static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_tables|user_tables|dual\b|master\s*\.\s*\.|sys(?:users|servers|databases|logins|processes|files)\b|pg_(?:group|user|roles|database|tables|stat\w*)\b|all_users|dba_\w+|v\$\w+)|\bselect\s+(?:@@\w+|(?:current_user|session_user|system_user|user|version|database|schema)\s*(?:\(\s*\)|;|$))").ok()
+    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_(?:tables|tab_\w+|users|objects|views|source)\b|user_tables|dual\b|master\s*\.\s*\.|sys(?:users|servers|databases|logins|processes|files)\b|pg_(?:group|user|roles|database|tables|stat\w*)\b|all_users|dba_\w+|v\$\w+)|\bselect\s+(?:@@\w+|(?:current_user|session_user|system_user|user|version|database|schema)\s*(?:\(\s*\)|;|$))").ok()
 });
 
 /// Stored procedures and functions that reach the file system or the network from SQL.
@@ -161,11 +161,9 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     if sink.enabled(rule) {
         let found = libinjectionrs::detect_sqli(v.text.as_bytes());
         if found.is_injection() {
-            let ambiguous = found
-                .fingerprint
-                .as_ref()
-                .is_some_and(|f| LONE_OPERATOR_FINGERPRINTS.contains(&f.as_str()))
-                && reads_as_prose(v.lower);
+            let fingerprint = found.fingerprint.as_ref().map_or("", |f| f.as_str());
+            let ambiguous = LONE_OPERATOR_FINGERPRINTS.contains(&fingerprint) && reads_as_prose(v.lower)
+                || is_plain_statement(fingerprint, v.lower);
             let severity = if ambiguous {
                 Severity::Error
             } else {
@@ -227,6 +225,18 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
 /// quote a word (`CHRISTMAS STOCKING "NOT" STUFFER`). There, libinjection's verdict is evidence, not proof.
 const LONE_OPERATOR_FINGERPRINTS: &[&str] =
     &["sos", "s&s", "1&1", "1o1", "1os", "so1", "s&1", "1&s", "1c", "sc"];
+
+/// A value that is a plain statement and nothing else (`select 1 from a`, `SELECT * FROM t WHERE x = 'y'`):
+/// no function, comment, union or quote to break out with, so it reaches SQL only where the application
+/// runs the parameter as a query. People paste SQL into search boxes; probes of the catalog or of functions
+/// are caught by the rules below and by other fingerprints.
+fn is_plain_statement(fingerprint: &str, lower: &str) -> bool {
+    fingerprint
+        .strip_prefix('E')
+        .is_some_and(|rest| rest.bytes().all(|b| matches!(b, b'1' | b'n' | b'k' | b'o')))
+        && lower.trim_start().starts_with("select")
+        && !lower.contains("0x")
+}
 
 /// At least two words of three letters or more that are neither SQL keywords nor identifiers attacks
 /// name: the value is text a person wrote, not an expression.

@@ -219,10 +219,11 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
         }
         let tag_end = memchr::memchr(b'>', &s[j..]).map_or(s.len(), |e| j + e);
         let attrs = &v.lower[j..tag_end];
-        if name == "script" {
+        let closed = tag_end < s.len();
+        // An unclosed `<script` with no attribute (`binary<script is incorrect`) is a word in a sentence.
+        if name == "script" && (closed || attrs.contains('=')) {
             sink.report(&SCRIPT_TAG, v.location, excerpt(v.text, lt));
         }
-        let closed = tag_end < s.len();
         scan_attrs(v, attrs, lt, sink);
         // A page's own structure (`<html>`, `</head>`, `<body onload…>`) has no place in a parameter: it is
         // markup injected to rewrite the page it lands in. Rich-text fields carry fragments, not documents.
