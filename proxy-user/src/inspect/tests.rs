@@ -236,6 +236,8 @@ fn traversal_with_garbled_separators_and_lookalikes() {
     blocks(&get("/f?name=0x2e0x2e0x2f0x2e0x2e0x2fetc0x2fgroup"), "traversal.");
     blocks(&get("/f?name=.%00.%bg%qf.%00.%bg%qfetc%bg%qfhosts"), "traversal.");
     blocks(&header("Cookie", "theme=.htpasswd"), "traversal.");
+    blocks(&get("/f?name=%3f.%2f%3f.%2fetc%2fhosts"), "traversal.");
+    passes(&get(&q("what?. nothing")));
     // Percent signs and hex in ordinary values.
     passes(&get(&q("50%off today, 100%good")));
     passes(&get("/f?wallet=0x52908400098527886e0f7030069857d2e4169ee7"));

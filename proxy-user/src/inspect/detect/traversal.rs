@@ -277,7 +277,11 @@ fn find_sensitive(lower: &str) -> Option<usize> {
 /// that were not UTF-8 at all. Only dots and separators are restored, and only for this detector: a garbled
 /// escape or an undecodable byte between `..` and a directory name is a separator to the server it targets.
 fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
-    if !lower.contains("0x") && !lower.contains('%') && !lower.contains(char::REPLACEMENT_CHARACTER) {
+    if !lower.contains("0x")
+        && !lower.contains('%')
+        && !lower.contains(char::REPLACEMENT_CHARACTER)
+        && !lower.contains("?.")
+    {
         return std::borrow::Cow::Borrowed(lower);
     }
     let mut out = lower.to_owned();
@@ -297,7 +301,29 @@ fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
     if out.contains('%') || out.contains(char::REPLACEMENT_CHARACTER) {
         out = garbled_to_separator(&out);
     }
+    if out.contains("?.") {
+        out = wildcard_hops(&out);
+    }
     std::borrow::Cow::Owned(out)
+}
+
+/// `?.` as a whole path segment (`?./?./etc/issue`): the one-character wildcard of DOS and Windows file APIs
+/// matches the first dot of `..`, so the segment climbs like `..` does.
+fn wildcard_hops(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut last = 0;
+    for at in memchr::memmem::find_iter(b, b"?.") {
+        let starts = at == 0 || matches!(b[at - 1], b'/' | b'\\');
+        let ends = matches!(b.get(at + 2), Some(b'/' | b'\\'));
+        if starts && ends {
+            out.push_str(&s[last..at]);
+            out.push_str("..");
+            last = at + 2;
+        }
+    }
+    out.push_str(&s[last..]);
+    out
 }
 
 /// Replaces each invalid percent escape (`%` and two alphanumerics that are not a hex pair) and each
