@@ -138,6 +138,15 @@ fn sql_typed_into_a_search_box_is_evidence_but_probes_are_not_ignored() {
 }
 
 #[test]
+fn escaped_lone_markup_is_a_probe_but_a_typed_operator_is_not() {
+    blocks(&get("/s?q=%26%23x0003C%3B"), "xss.encoded_markup_probe");
+    blocks(&get("/s?q=%26lt"), "xss.encoded_markup_probe");
+    blocks(&get("/s?q=%5Cu003c"), "xss.encoded_markup_probe");
+    passes(&get("/s?op=%3C&value=5"));
+    passes(&get(&q("a &lt; b in the docs")));
+}
+
+#[test]
 fn xss_attacks_and_lookalikes() {
     blocks(&get(&q("<script>alert(1)</script>")), "xss.");
     blocks(&get(&q("<img src=x onerror=alert(1)>")), "xss.");

@@ -205,6 +205,7 @@ fn scan_decoded(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
         classes: Classes::of(lower.as_bytes()),
     };
     protocol::decode_anomalies(&v, flags, sink);
+    xss::encoded_markup_probe(&v, field.raw, sink);
     protocol::crlf(&v, sink);
     if field.kind == FieldKind::UserAgent {
         protocol::scanner(&v, sink);

@@ -66,6 +66,12 @@ const DOCUMENT_MARKUP: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const ENCODED_PROBE: Rule = Rule {
+    id: "xss.encoded_markup_probe",
+    category: AttackCategory::Xss,
+    severity: Severity::Critical,
+    paranoia: 1,
+};
 const JS_CALL: Rule = Rule {
     id: "xss.js_call",
     category: AttackCategory::Xss,
@@ -267,6 +273,15 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
             sink.report(&DANGEROUS_TAG, v.location, excerpt(v.text, lt));
         }
         i = j;
+    }
+}
+
+/// A value that is nothing but an escaped `<` (`&#x3C`, `&lt`, `\x3c`, `\u003c`, in any of their spellings):
+/// the probe that maps which encodings a page decodes before it reflects them. Typed text never spells a
+/// lone `<` that way; a literal `<` (a filter operator) is left alone.
+pub(super) fn encoded_markup_probe(v: &Value<'_>, raw: &[u8], sink: &mut Sink<'_>) {
+    if v.text.trim() == "<" && raw.trim_ascii() != b"<" {
+        sink.report(&ENCODED_PROBE, v.location, excerpt(v.text, 0));
     }
 }
 
