@@ -103,6 +103,12 @@ impl<'p> Sink<'p> {
         }
     }
 
+    /// The paranoia level in force: detectors that weigh ambiguous evidence lower at level 1 weigh it fully
+    /// above.
+    pub(crate) fn level(&self) -> u8 {
+        self.level
+    }
+
     /// Whether a rule can count under this policy; detectors skip work for rules that cannot.
     pub(crate) fn enabled(&self, rule: &Rule) -> bool {
         rule.paranoia <= self.level

@@ -430,6 +430,36 @@ fn multipart_filenames_and_fields_are_inspected() {
 }
 
 #[test]
+fn higher_paranoia_levels_weigh_ambiguous_evidence_fully() {
+    let at = |level: u8, target: &str| {
+        inspect(
+            &RequestView {
+                method: "GET",
+                target,
+                headers: &[],
+                body: b"",
+                body_truncated: false,
+            },
+            &Policy {
+                paranoia: level,
+                ..Policy::default()
+            },
+        )
+    };
+    for target in [
+        "/f?q=a%3Bid",                                             // `a;id`
+        "/f?q=..%2Fimg%2Flogo.png",                                // one `../`
+        "/f?q=admin%27%20%23",                                     // `admin' #`
+        "/f?q=%3Cdiv%20style%3D%22color%3Ared%22%3Ex%3C%2Fdiv%3E", // markup with attributes
+        "/f?q=select%201%20from%20a",                              // a plain statement
+    ] {
+        assert!(!at(1, target).blocked, "paranoia 1 blocked {target}");
+        assert!(at(3, target).blocked, "paranoia 3 let {target} through");
+    }
+    assert!(!at(4, "/f?q=hello%20world").blocked);
+}
+
+#[test]
 fn policy_modes_thresholds_and_exclusions() {
     let req = RequestView {
         method: "GET",

@@ -391,7 +391,10 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
                         b';' | b'|' | b'&' | b'`' | b'\n' | b'\r' | b'#' | b'\'' | b'"' | b')'
                     )
                 })
-                && (!arg.is_empty() || sep_at == 0 || !s[sep_at - 1].is_ascii_alphanumeric());
+                && (!arg.is_empty()
+                    || sep_at == 0
+                    || !s[sep_at - 1].is_ascii_alphanumeric()
+                    || sink.level() >= 2);
             let counts = alone
                 || strong_args(arg)
                 || command_line(&s[i..])

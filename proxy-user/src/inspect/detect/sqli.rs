@@ -70,6 +70,14 @@ const UNION: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+/// A string closed and the rest of the query commented away (`admin' #`, `x" -- -`): the classic login
+/// bypass, but also how a product name with an inch mark and a hashtag ends. Paranoia 2.
+const QUOTE_COMMENT: Rule = Rule {
+    id: "sqli.quote_comment",
+    category: AttackCategory::Sqli,
+    severity: Severity::Critical,
+    paranoia: 2,
+};
 const STACKED: Rule = Rule {
     id: "sqli.stacked_query",
     category: AttackCategory::Sqli,
@@ -139,6 +147,8 @@ static DDL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"\bcreate\s+(?:user|login|role)\s+\w+\s+(?:identified|with)\b|\bgrant\s+(?:all|connect|resource|dba|sysdba|select|insert|execute|admin)\b[\w\s,]{0,60}\bto\s+\w+|\binsert\s+into\s+[\w.`\x22\[\]]+\s*\([^)]{0,200}\)\s*values\s*\(|\bcreate\s+table\s+\w+\s*\(\s*\w+\s+(?:text|int|varchar|blob)\b")
         .ok()
 });
+static QUOTE_COMMENT_RE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r#"['"]\s*\)*\s*(?:#|--|/\*)[\s\-#*/]*$"#).ok());
 static STACKED_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
         r"['\d)]\s*;\s*(?:drop|insert|update|delete|exec|execute|declare|shutdown|create|alter|truncate|select)\s+[\w@(*]",
@@ -162,8 +172,9 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let found = libinjectionrs::detect_sqli(v.text.as_bytes());
         if found.is_injection() {
             let fingerprint = found.fingerprint.as_ref().map_or("", |f| f.as_str());
-            let ambiguous = LONE_OPERATOR_FINGERPRINTS.contains(&fingerprint) && reads_as_prose(v.lower)
-                || is_plain_statement(fingerprint, v.lower);
+            let ambiguous = sink.level() < 2
+                && (LONE_OPERATOR_FINGERPRINTS.contains(&fingerprint) && reads_as_prose(v.lower)
+                    || is_plain_statement(fingerprint, v.lower));
             let severity = if ambiguous {
                 Severity::Error
             } else {
@@ -212,6 +223,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         (&UNION_RE, &UNION),
         (&STACKED_RE, &STACKED),
         (&LEADING_LOGIC_RE, &TAUTOLOGY),
+        (&QUOTE_COMMENT_RE, &QUOTE_COMMENT),
         (&DDL_RE, &STACKED),
     ] {
         if let Some(m) = re.as_ref().and_then(|re| re.find(&folded)) {

@@ -188,7 +188,13 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         } else {
             &DOT_DOT
         };
-        sink.report(rule, v.location, excerpt(lower, at));
+        // One `../` is a relative link at paranoia 1 and an attempt above it.
+        let severity = if sink.level() >= 2 {
+            Severity::Critical
+        } else {
+            rule.severity
+        };
+        sink.report_as(rule, severity, v.location, excerpt(lower, at));
     }
     // With a traversal present, a sensitive name anywhere (`..\\etc\\issue%00.html`) settles it.
     if first.is_some()

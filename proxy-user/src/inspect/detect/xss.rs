@@ -66,6 +66,12 @@ const DOCUMENT_MARKUP: Rule = Rule {
     severity: Severity::Critical,
     paranoia: 1,
 };
+const HTML_INJECTION: Rule = Rule {
+    id: "xss.html_injection",
+    category: AttackCategory::Xss,
+    severity: Severity::Critical,
+    paranoia: 3,
+};
 const ENCODED_PROBE: Rule = Rule {
     id: "xss.encoded_markup_probe",
     category: AttackCategory::Xss,
@@ -144,7 +150,13 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         && v.kind != FieldKind::Referer
         && libinjectionrs::detect_xss(v.text.as_bytes()).is_injection()
     {
-        sink.report(&LIBINJECTION, v.location, excerpt(v.text, 0));
+        // Above paranoia 1, libinjection's verdict alone is enough.
+        let severity = if sink.level() >= 2 {
+            Severity::Critical
+        } else {
+            LIBINJECTION.severity
+        };
+        sink.report_as(&LIBINJECTION, severity, v.location, excerpt(v.text, 0));
     }
     if c.any(Classes::LT) {
         scan_tags(v, sink);
@@ -235,6 +247,10 @@ fn scan_tags(v: &Value<'_>, sink: &mut Sink<'_>) {
         // markup injected to rewrite the page it lands in. Rich-text fields carry fragments, not documents.
         if matches!(name, "html" | "head" | "body" | "frameset") && closed {
             sink.report(&DOCUMENT_MARKUP, v.location, excerpt(v.text, lt));
+        }
+        // Any element with attributes: rich-text fields send these, so only at paranoia 3.
+        if closed && attrs.contains('=') {
+            sink.report(&HTML_INJECTION, v.location, excerpt(v.text, lt));
         }
         // Tags that run script or load active content by themselves.
         if (matches!(
