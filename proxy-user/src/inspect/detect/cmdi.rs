@@ -510,7 +510,10 @@ fn direct_command(v: &Value<'_>, sink: &mut Sink<'_>) {
     let s = v
         .lower
         .trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'));
-    if s.len() <= 512 && command_line(s.as_bytes()) {
+    if s.len() <= 512
+        && s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
+        && command_line(s.as_bytes())
+    {
         sink.report(&DIRECT, v.location, excerpt(v.text, v.text.len() - s.len()));
     }
 }
@@ -574,9 +577,11 @@ fn command_line(s: &[u8]) -> bool {
 /// Whether a value made only of plain characters (see `detect::is_plain`) is nevertheless a command:
 /// `whoami` needs no punctuation.
 pub(super) fn is_bare_command(raw: &[u8]) -> bool {
-    raw.len() <= 12
+    (4..=12).contains(&raw.len())
         && raw.iter().all(u8::is_ascii_alphabetic)
-        && std::str::from_utf8(raw).is_ok_and(|w| UNMISTAKABLE.contains(&w.to_ascii_lowercase().as_str()))
+        && UNMISTAKABLE
+            .iter()
+            .any(|c| c.as_bytes().eq_ignore_ascii_case(raw))
 }
 
 /// A shell or interpreter invoked by absolute path: `/bin/sh -c`, `/usr/bin/id`, `cmd.exe /c`.
