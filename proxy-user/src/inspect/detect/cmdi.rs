@@ -520,6 +520,27 @@ fn direct_command(v: &Value<'_>, sink: &mut Sink<'_>) {
 
 /// Whether `s`, from its first word on, reads as a command line rather than prose.
 fn command_line(s: &[u8]) -> bool {
+    // Fast path: a first word spelled without shell quoting is looked up as it is, with no copy.
+    let lead = s
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || matches!(b, b'{' | b'(' | b'!'))
+        .count();
+    let s_word = &s[lead..];
+    let plain_len = s_word
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        .count();
+    let quoted = matches!(
+        s_word.get(plain_len),
+        Some(b'\'' | b'"' | b'\\' | b'`' | b'$' | b'/')
+    );
+    if !quoted
+        && std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
+            !COMMAND_SET.contains(w) && !UNMISTAKABLE.contains(&w) && w != "which" && w != "where"
+        })
+    {
+        return false;
+    }
     let Some((word, arg)) = next_word(s) else {
         return false;
     };
