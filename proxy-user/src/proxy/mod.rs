@@ -8,6 +8,7 @@ pub mod body;
 pub mod connections;
 pub mod generation;
 pub mod pipeline;
+pub mod pool;
 pub mod router;
 pub mod server;
 pub mod tls;

@@ -23,7 +23,7 @@ use std::{
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
-    uri::{Authority, Scheme},
+    uri::Authority,
 };
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Limited};
@@ -35,6 +35,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
+    pool::UpstreamBody,
     router::{Route, RouteMatch},
     upstream::Endpoint,
 };
@@ -42,7 +43,7 @@ use crate::{
     event::{EventKind, Identity, SecurityEvent, Severity},
     identity::{RouteAuth, config::AuthMode, failure_name},
     inspect::RequestView,
-    logging::ACCESS,
+    logging::AccessLine,
     metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
     risk::{Context as RiskContext, Signal, enforce::Refusal},
 };
@@ -443,18 +444,23 @@ async fn upstream_request(
     body: ProxyBody,
     endpoint_idx: usize,
     endpoint: &Endpoint,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Response<UpstreamBody>, Reject> {
     let upgrade = is_upgrade(&parts.headers)
         .then(|| parts.headers.get(UPGRADE).cloned())
         .flatten();
     rewrite_request_headers(ctx, &mut parts, upgrade)?;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Reject::BadRequest)?;
+    if !parts.headers.contains_key(HOST) {
+        let value = HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| Reject::BadRequest)?;
+        parts.headers.insert(HOST, value);
+    }
+    // Origin-form on the wire: the connection already names the endpoint.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Reject::BadRequest)?;
+    }
     parts.version = Version::HTTP_11;
     let req = Request::from_parts(parts, body);
 
@@ -464,7 +470,8 @@ async fn upstream_request(
         kind,
     };
     let timeout = ctx.generation.timeouts().upstream_response;
-    match tokio::time::timeout(timeout, ctx.generation.client().request(req)).await {
+    let pool = ctx.generation.upstream_pool().clone();
+    match tokio::time::timeout(timeout, pool.send(endpoint.addr, req)).await {
         Ok(Ok(resp)) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
@@ -595,7 +602,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 fn response(
     ctx: &RequestCtx,
     conn: &Arc<ConnInfo>,
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -683,25 +690,22 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         .latency
         .get_or_create(&labels)
         .observe(elapsed.as_secs_f64());
-    let identity = ctx.identity.as_ref().map(|i| i.subject.as_str());
-    let endpoint = ctx.endpoint.map(|e| e.to_string());
-    tracing::info!(
-        target: ACCESS,
-        request_id = %ctx.id,
-        source = %ctx.source,
-        method = %ctx.method,
-        path = %ctx.path,
-        identity,
+    crate::logging::access(&AccessLine {
+        request_id: &ctx.id,
+        source: ctx.source,
+        method: ctx.method.as_str(),
+        path: &ctx.path,
+        identity: ctx.identity.as_ref().map(|i| i.subject.as_str()),
         route,
-        upstream = ctx.upstream.as_deref(),
-        endpoint,
-        status = status.as_u16(),
-        bytes_in = ctx.bytes_in.load(Ordering::Relaxed),
+        upstream: ctx.upstream.as_deref(),
+        endpoint: ctx.endpoint,
+        status: status.as_u16(),
+        bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        verdict = ctx.verdict,
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        verdict: ctx.verdict,
         complete,
-    );
+    });
 }
 
 #[cfg(test)]
