@@ -44,7 +44,7 @@ use crate::{
     identity::{RouteAuth, config::AuthMode, failure_name},
     inspect::RequestView,
     logging::AccessLine,
-    metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
+    metrics::{AuthFailureLabels, UpstreamErrorLabels},
     risk::{Context as RiskContext, Signal, enforce::Refusal},
 };
 
@@ -561,29 +561,38 @@ fn rewrite_request_headers(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors), `Connection` first.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over their few names is cheaper than nine hashed removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        // `keep-alive`, `upgrade`...: removed below anyway, and an empty list allocates nothing.
+        .filter(|n| !HOP_BY_HOP.contains(n))
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -672,11 +681,9 @@ fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, mut resp: Response<ProxyBody>) ->
 fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, complete: bool) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.as_deref().unwrap_or("");
-    let labels = RequestLabels {
-        route: route.to_owned(),
-        status: status.as_u16(),
-    };
-    proxy.metrics.requests.get_or_create(&labels).inc();
+    proxy
+        .metrics
+        .observe_request(route, status.as_u16(), elapsed.as_secs_f64());
     // 4xx bursts are scanning; the answer itself is already out, so only a ban can follow.
     if status.is_client_error() && matches!(ctx.verdict, "allow" | "error") {
         let _ = proxy.risk.observe(
@@ -685,11 +692,6 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
             &proxy.metrics,
         );
     }
-    proxy
-        .metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(elapsed.as_secs_f64());
     crate::logging::access(&AccessLine {
         request_id: &ctx.id,
         source: ctx.source,

@@ -11,6 +11,7 @@ pub mod config;
 pub mod enforce;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     net::IpAddr,
     num::NonZeroUsize,
@@ -342,7 +343,7 @@ impl RiskEngine {
                 };
                 Scored {
                     points: f64::from(ev.severity.weight()) * factor * ctx.sensitivity * auth,
-                    kind: kind_name(ev.kind),
+                    kind: kind_name(ev.kind).into(),
                     reason,
                     evidence: ev.evidence.clone(),
                 }
@@ -379,7 +380,7 @@ impl RiskEngine {
             }
             Signal::KernelPps(pps) if cfg.flood_pps > 0.0 && pps > cfg.flood_pps => Scored {
                 points: cfg.flood_weight,
-                kind: "flood".to_owned(),
+                kind: "flood".into(),
                 reason: BanReason::Flood,
                 evidence: vec![Evidence::new(
                     "flood.kernel_pps",
@@ -637,16 +638,17 @@ fn kind_name(kind: EventKind) -> String {
 /// A signal's worth: points, what kind of thing it was, the ban reason it stands for, and its evidence.
 struct Scored {
     points: f64,
-    kind: String,
+    /// Borrowed for the per-request signals, so that counting a request allocates nothing.
+    kind: Cow<'static, str>,
     reason: BanReason,
     evidence: Vec<Evidence>,
 }
 
 impl Scored {
-    fn new(points: f64, kind: &str, reason: BanReason) -> Self {
+    fn new(points: f64, kind: &'static str, reason: BanReason) -> Self {
         Self {
             points,
-            kind: kind.to_owned(),
+            kind: Cow::Borrowed(kind),
             reason,
             evidence: Vec::new(),
         }
@@ -663,7 +665,7 @@ fn link(ctx: &Context<'_>, scored: &Scored, points: f64, score_after: f64) -> Ch
         source: canonical(ctx.source),
         route: ctx.route.map(str::to_owned),
         request_id: ctx.request_id.map(str::to_owned),
-        kind: scored.kind.clone(),
+        kind: scored.kind.clone().into_owned(),
         evidence: scored.evidence.clone(),
         points,
         score_after,
