@@ -67,8 +67,8 @@ pub struct RequestCtx {
     pub method: Method,
     pub path: String,
     pub generation: Arc<Generation>,
-    pub route: Option<String>,
-    pub upstream: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
     pub endpoint: Option<SocketAddr>,
     pub identity: Option<Identity>,
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
@@ -296,7 +296,11 @@ async fn auth(
                     kind: failure_name(rejection.event_kind).into(),
                 })
                 .inc();
-            let event = rejection.to_event(ctx.source, ctx.route.clone(), Some(ctx.id.clone()));
+            let event = rejection.to_event(
+                ctx.source,
+                ctx.route.as_deref().map(str::to_owned),
+                Some(ctx.id.clone()),
+            );
             crate::logging::security_event(&event);
             ctx.identity = rejection.identity;
             // Token tampering and credential guessing raise the source's (and a known identity's) risk; the
@@ -366,7 +370,7 @@ async fn inspect(
         at: std::time::SystemTime::now(),
         source: ctx.source,
         identity: ctx.identity.clone(),
-        route: ctx.route.clone(),
+        route: ctx.route.as_deref().map(str::to_owned),
         request_id: Some(ctx.id.clone()),
         kind: EventKind::Attack(category),
         severity: verdict.severity().unwrap_or(Severity::Notice),
@@ -466,7 +470,7 @@ async fn upstream_request(
 
     let upstream = &route.upstream;
     let error_labels = |kind| UpstreamErrorLabels {
-        upstream: upstream.name.clone(),
+        upstream: upstream.name.to_string(),
         kind,
     };
     let timeout = ctx.generation.timeouts().upstream_response;
@@ -546,7 +550,8 @@ fn rewrite_request_headers(
     };
     headers.insert(
         X_FORWARDED_FOR,
-        HeaderValue::from_str(&xff).map_err(|_| Reject::BadRequest)?,
+        // From the `String` itself: no second copy.
+        HeaderValue::try_from(xff).map_err(|_| Reject::BadRequest)?,
     );
     headers.insert(
         X_FORWARDED_PROTO,

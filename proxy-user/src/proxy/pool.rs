@@ -135,7 +135,9 @@ impl WorkerPool {
                 },
             }
         }
-        let mut sender = self.connect(endpoint).await?;
+        // Boxed: connecting is the cold path, and its future (TCP connect, handshake) would otherwise make this
+        // future, and every future holding it, larger and slower to move on the hot path.
+        let mut sender = Box::pin(self.connect(endpoint)).await?;
         let exchange = |source| ExchangeError::Exchange { endpoint, source };
         sender.ready().await.map_err(exchange)?;
         let resp = sender.send_request(req).await.map_err(exchange)?;
