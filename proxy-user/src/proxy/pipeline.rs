@@ -167,12 +167,20 @@ async fn run_phases(
     request_filter(ctx, &mut req)?;
     let generation = ctx.generation.clone();
     let route = route(ctx, &generation, &req)?;
-    auth(proxy, ctx, route, req.headers_mut()).await?;
+    // The optional phases' futures are boxed, and made only when the route needs them: inline, their size (the
+    // token check, the body buffering) would be copied with this future on every request, needed or not.
+    if route.auth != AuthMode::None {
+        Box::pin(auth(proxy, ctx, route, req.headers_mut())).await?;
+    }
     rate(proxy, ctx, route)?;
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
-    let body = inspect(proxy, ctx, route, &parts, body).await?;
+    let body = if route.policy.is_some() {
+        Box::pin(inspect(proxy, ctx, route, &parts, body)).await?
+    } else {
+        body
+    };
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
     Ok(response(ctx, conn, upstream_resp, client_upgrade))
