@@ -1,5 +1,11 @@
 //! Prometheus metrics for the proxy, served as text on the admin listener's `/metrics`.
 
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
     metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
@@ -48,6 +54,8 @@ pub struct SourceLabels {
 
 #[derive(Debug)]
 pub struct Metrics {
+    /// Tells this instance's entries in a thread's [`REQUEST_HANDLES`] from another instance's (tests run several).
+    id: u64,
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<RequestLabels, Histogram>,
@@ -150,6 +158,7 @@ impl Metrics {
             reloads_failed.clone(),
         );
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             registry,
             requests,
             latency,
@@ -166,6 +175,52 @@ impl Metrics {
         }
     }
 
+    /// Counts one answered request of `route` with `status`, and its time to the response head.
+    ///
+    /// The handles for a (route, status) are looked up in the families once per thread and kept: a family
+    /// lookup takes the family's lock (shared by every worker) and hashes an owned copy of the labels.
+    pub fn observe_request(&self, route: &str, status: u16, seconds: f64) {
+        let observe = |h: &RequestHandles| {
+            h.requests.inc();
+            h.latency.observe(seconds);
+        };
+        REQUEST_HANDLES.with(|cache| {
+            let Ok(mut cache) = cache.try_borrow_mut() else {
+                observe(&self.request_handles(route, status));
+                return;
+            };
+            if cache.owner != self.id {
+                cache.owner = self.id;
+                cache.routes.clear();
+            }
+            if !cache.routes.contains_key(route) {
+                cache.routes.insert(route.to_owned(), Vec::new());
+            }
+            let Some(by_status) = cache.routes.get_mut(route) else {
+                return;
+            };
+            if let Some(h) = by_status.iter().find(|h| h.status == status) {
+                observe(h);
+            } else {
+                let h = self.request_handles(route, status);
+                observe(&h);
+                by_status.push(h);
+            }
+        });
+    }
+
+    fn request_handles(&self, route: &str, status: u16) -> RequestHandles {
+        let labels = RequestLabels {
+            route: route.to_owned(),
+            status,
+        };
+        RequestHandles {
+            status,
+            requests: self.requests.get_or_create(&labels).clone(),
+            latency: self.latency.get_or_create(&labels).clone(),
+        }
+    }
+
     /// The text exposition format.
     #[must_use]
     pub fn encode(&self) -> String {
@@ -173,5 +228,61 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
+/// One (route, status)'s series; the metric types are handles onto the same atomics as the family's entry.
+struct RequestHandles {
+    status: u16,
+    requests: Counter,
+    latency: Histogram,
+}
+
+#[derive(Default)]
+struct HandleCache {
+    owner: u64,
+    /// Bounded by the routes the configs had and the statuses answered (at most 1000 per route).
+    routes: HashMap<String, Vec<RequestHandles>>,
+}
+
+thread_local! {
+    static REQUEST_HANDLES: RefCell<HandleCache> = RefCell::new(HandleCache {
+        owner: u64::MAX,
+        routes: HashMap::new(),
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cached_handles_count_into_the_families_of_their_own_instance() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        for _ in 0..3 {
+            a.observe_request("/api", 200, 0.001);
+        }
+        a.observe_request("/api", 404, 0.001);
+        b.observe_request("/api", 200, 0.001);
+        let text = a.encode();
+        assert!(
+            text.contains("rasp_proxy_requests_total{route=\"/api\",status=\"200\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rasp_proxy_requests_total{route=\"/api\",status=\"404\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rasp_proxy_request_duration_seconds_count{route=\"/api\",status=\"200\"} 3"),
+            "{text}"
+        );
+        let text = b.encode();
+        assert!(
+            text.contains("rasp_proxy_requests_total{route=\"/api\",status=\"200\"} 1"),
+            "{text}"
+        );
     }
 }

@@ -213,14 +213,14 @@ fn upstream_nginx_conf(dir: &Path, addr: SocketAddr) -> String {
 }
 
 /// nginx as a production-style reverse proxy: upstream keep-alive (as rasp-proxy pools), buffered access log
-/// (as rasp-proxy logs every request).
+/// (as rasp-proxy logs every request), and one worker per CPU (as rasp-proxy runs one worker thread per CPU).
 fn proxy_nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
     format!(
         "{}http {{ access_log {}/nginx-access.log combined buffer=64k; {} keepalive_requests 100000000;\n\
          upstream backend {{ server {upstream}; keepalive 128; }}\n\
          server {{ listen {listen}; location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
          proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}\n",
-        nginx_common(dir, "proxy", 2),
+        nginx_common(dir, "proxy", proxy_workers()),
         dir.display(),
         temp_paths(dir)
     )
@@ -432,6 +432,11 @@ fn print_table(rows: &[Row]) {
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     println!(
+        "workers: rasp-proxy {w} threads, nginx {w} processes; both keep upstream connections alive and buffer \
+         their access log",
+        w = proxy_workers()
+    );
+    println!(
         "| {:<34} | {:>10} | {:>9} | {:>9} | {:>9} | {:>18} |",
         "target", "req/s", "p50 ms", "p99 ms", "vs nginx", "proxy CPU us/req"
     );
@@ -463,6 +468,11 @@ fn print_table(rows: &[Row]) {
             }
         }
     }
+}
+
+/// rasp-proxy starts one worker thread per CPU (`available_parallelism`); nginx gets as many worker processes.
+fn proxy_workers() -> u32 {
+    u32::try_from(num_cpus()).unwrap_or(u32::MAX)
 }
 
 fn num_cpus() -> usize {

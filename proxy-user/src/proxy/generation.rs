@@ -6,13 +6,17 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use http::HeaderName;
 use hyper_util::{
-    client::legacy::{Client, connect::HttpConnector},
     rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
 };
 use tokio_rustls::TlsAcceptor;
 
-use super::{body::ProxyBody, router::Router, tls, upstream::Upstream};
+use super::{
+    pool::{UpstreamPools, WorkerPool},
+    router::Router,
+    tls,
+    upstream::Upstream,
+};
 use crate::{
     Error,
     config::{Config, Limits, Timeouts},
@@ -25,9 +29,9 @@ pub struct Generation {
     pub router: Router,
     /// One per `[[listener]]`, in file order; `None` for plain listeners.
     pub tls: Vec<Option<TlsAcceptor>>,
-    /// One upstream client (connection pool) per worker thread, so a pooled connection is always driven by the
-    /// thread that uses it. Use [`Generation::client`].
-    clients: Vec<Client<HttpConnector, ProxyBody>>,
+    /// Idle upstream connections, one pool per worker thread, so a connection is always driven by the thread
+    /// that uses it. Use [`Generation::upstream_pool`].
+    pools: UpstreamPools,
     pub server: auto::Builder<TokioExecutor>,
     pub subject_header: HeaderName,
     pub request_id_header: HeaderName,
@@ -70,9 +74,7 @@ impl Generation {
             number,
             router,
             tls,
-            clients: (0..worker_count())
-                .map(|_| upstream_client(&config.timeouts))
-                .collect(),
+            pools: UpstreamPools::new(worker_count(), config.timeouts.upstream_connect),
             server: server_builder(&config.limits, &config.timeouts),
             subject_header,
             request_id_header,
@@ -82,11 +84,10 @@ impl Generation {
         })
     }
 
-    /// The calling worker thread's upstream client.
+    /// The calling worker thread's upstream connections.
     #[must_use]
-    pub fn client(&self) -> &Client<HttpConnector, ProxyBody> {
-        let i = WORKER_INDEX.with(std::cell::Cell::get);
-        &self.clients[i % self.clients.len()]
+    pub fn upstream_pool(&self) -> &std::sync::Arc<WorkerPool> {
+        self.pools.worker(WORKER_INDEX.with(std::cell::Cell::get))
     }
 
     #[must_use]
@@ -119,7 +120,7 @@ thread_local! {
     static WORKER_INDEX: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// Marks the calling thread as proxy worker `index` (see [`Generation::client`]).
+/// Marks the calling thread as proxy worker `index` (see [`Generation::upstream_pool`]).
 pub fn set_worker_index(index: usize) {
     WORKER_INDEX.with(|w| w.set(index));
 }
@@ -131,19 +132,6 @@ fn worker_count() -> usize {
 fn header_name(key: &str, value: &str) -> Result<HeaderName, Error> {
     HeaderName::from_bytes(value.as_bytes())
         .map_err(|_| Error::Config(format!("{key}: {value:?} is not a valid header name")))
-}
-
-fn upstream_client(timeouts: &Timeouts) -> Client<HttpConnector, ProxyBody> {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(timeouts.upstream_connect));
-    connector.set_nodelay(true);
-    connector.enforce_http(true);
-    Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_mins(1))
-        .pool_max_idle_per_host(512)
-        .build(connector)
 }
 
 fn server_builder(limits: &Limits, timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {

@@ -8,6 +8,7 @@ pub mod body;
 pub mod connections;
 pub mod generation;
 pub mod pipeline;
+pub mod pool;
 pub mod router;
 pub mod server;
 pub mod tls;
@@ -101,9 +102,13 @@ impl Proxy {
         self.connections.close_source(source)
     }
 
+    /// `{prefix:08x}{sequence:012x}`, written by hand: `format!` cost more than the rest of the id.
     fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{:08x}{n:012x}", self.request_prefix)
+        let mut id = String::with_capacity(20);
+        push_hex(&mut id, u64::from(self.request_prefix), 8);
+        push_hex(&mut id, n, 12);
+        id
     }
 }
 
@@ -382,3 +387,36 @@ fn random_u32() -> u32 {
     let v = h.finish() as u32;
     v
 }
+
+/// Lower-case hex of `v`, zero-padded to at least `min_digits`.
+fn push_hex(out: &mut String, v: u64, min_digits: u32) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let digits = min_digits.max((u64::BITS - v.leading_zeros()).div_ceil(4));
+    for i in (0..digits).rev() {
+        let nibble = (v >> (i * 4)) & 0xf;
+        out.push(char::from(DIGITS[usize::try_from(nibble).unwrap_or(0)]));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_is_what_format_would_write() {
+        for (v, min) in [
+            (0_u64, 8),
+            (0xdead_beef, 8),
+            (5, 12),
+            (u64::MAX, 12),
+            (0x1_0000_0000_0000, 12),
+        ] {
+            let mut s = String::new();
+            super::push_hex(&mut s, v, min);
+            assert_eq!(s, format!("{v:0width$x}", width = min as usize));
+        }
+    }
+}
+
+/// mimalloc instead of glibc's malloc: the request path allocates and frees many small objects per request
+/// (header maps, boxed bodies, futures), where glibc's bins and consolidation showed up in profiles.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

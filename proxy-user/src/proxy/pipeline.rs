@@ -23,7 +23,7 @@ use std::{
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
-    uri::{Authority, Scheme},
+    uri::Authority,
 };
 use http_body::Body as _;
 use http_body_util::{BodyExt as _, Limited};
@@ -35,6 +35,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
+    pool::UpstreamBody,
     router::{Route, RouteMatch},
     upstream::Endpoint,
 };
@@ -42,8 +43,8 @@ use crate::{
     event::{EventKind, Identity, SecurityEvent, Severity},
     identity::{RouteAuth, config::AuthMode, failure_name},
     inspect::RequestView,
-    logging::ACCESS,
-    metrics::{AuthFailureLabels, RequestLabels, UpstreamErrorLabels},
+    logging::AccessLine,
+    metrics::{AuthFailureLabels, UpstreamErrorLabels},
     risk::{Context as RiskContext, Signal, enforce::Refusal},
 };
 
@@ -66,8 +67,8 @@ pub struct RequestCtx {
     pub method: Method,
     pub path: String,
     pub generation: Arc<Generation>,
-    pub route: Option<String>,
-    pub upstream: Option<String>,
+    pub route: Option<Arc<str>>,
+    pub upstream: Option<Arc<str>>,
     pub endpoint: Option<SocketAddr>,
     pub identity: Option<Identity>,
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
@@ -166,12 +167,20 @@ async fn run_phases(
     request_filter(ctx, &mut req)?;
     let generation = ctx.generation.clone();
     let route = route(ctx, &generation, &req)?;
-    auth(proxy, ctx, route, req.headers_mut()).await?;
+    // The optional phases' futures are boxed, and made only when the route needs them: inline, their size (the
+    // token check, the body buffering) would be copied with this future on every request, needed or not.
+    if route.auth != AuthMode::None {
+        Box::pin(auth(proxy, ctx, route, req.headers_mut())).await?;
+    }
     rate(proxy, ctx, route)?;
     let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
-    let body = inspect(proxy, ctx, route, &parts, body).await?;
+    let body = if route.policy.is_some() {
+        Box::pin(inspect(proxy, ctx, route, &parts, body)).await?
+    } else {
+        body
+    };
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
     Ok(response(ctx, conn, upstream_resp, client_upgrade))
@@ -295,7 +304,11 @@ async fn auth(
                     kind: failure_name(rejection.event_kind).into(),
                 })
                 .inc();
-            let event = rejection.to_event(ctx.source, ctx.route.clone(), Some(ctx.id.clone()));
+            let event = rejection.to_event(
+                ctx.source,
+                ctx.route.as_deref().map(str::to_owned),
+                Some(ctx.id.clone()),
+            );
             crate::logging::security_event(&event);
             ctx.identity = rejection.identity;
             // Token tampering and credential guessing raise the source's (and a known identity's) risk; the
@@ -365,7 +378,7 @@ async fn inspect(
         at: std::time::SystemTime::now(),
         source: ctx.source,
         identity: ctx.identity.clone(),
-        route: ctx.route.clone(),
+        route: ctx.route.as_deref().map(str::to_owned),
         request_id: Some(ctx.id.clone()),
         kind: EventKind::Attack(category),
         severity: verdict.severity().unwrap_or(Severity::Notice),
@@ -443,28 +456,34 @@ async fn upstream_request(
     body: ProxyBody,
     endpoint_idx: usize,
     endpoint: &Endpoint,
-) -> Result<Response<Incoming>, Reject> {
+) -> Result<Response<UpstreamBody>, Reject> {
     let upgrade = is_upgrade(&parts.headers)
         .then(|| parts.headers.get(UPGRADE).cloned())
         .flatten();
     rewrite_request_headers(ctx, &mut parts, upgrade)?;
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(endpoint.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|_| Reject::BadRequest)?;
+    if !parts.headers.contains_key(HOST) {
+        let value = HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| Reject::BadRequest)?;
+        parts.headers.insert(HOST, value);
+    }
+    // Origin-form on the wire: the connection already names the endpoint.
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        parts.uri = Uri::builder()
+            .path_and_query(path_and_query)
+            .build()
+            .map_err(|_| Reject::BadRequest)?;
+    }
     parts.version = Version::HTTP_11;
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;
     let error_labels = |kind| UpstreamErrorLabels {
-        upstream: upstream.name.clone(),
+        upstream: upstream.name.to_string(),
         kind,
     };
     let timeout = ctx.generation.timeouts().upstream_response;
-    match tokio::time::timeout(timeout, ctx.generation.client().request(req)).await {
+    let pool = ctx.generation.upstream_pool().clone();
+    match tokio::time::timeout(timeout, pool.send(endpoint.addr, req)).await {
         Ok(Ok(resp)) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
@@ -539,7 +558,8 @@ fn rewrite_request_headers(
     };
     headers.insert(
         X_FORWARDED_FOR,
-        HeaderValue::from_str(&xff).map_err(|_| Reject::BadRequest)?,
+        // From the `String` itself: no second copy.
+        HeaderValue::try_from(xff).map_err(|_| Reject::BadRequest)?,
     );
     headers.insert(
         X_FORWARDED_PROTO,
@@ -554,29 +574,38 @@ fn rewrite_request_headers(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
+/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors), `Connection` first.
+const HOP_BY_HOP: [HeaderName; 9] = [
+    CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none of them: one pass over their few names is cheaper than nine hashed removals.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        // `keep-alive`, `upgrade`...: removed below anyway, and an empty list allocates nothing.
+        .filter(|n| !HOP_BY_HOP.contains(n))
         .collect();
     for name in named {
         headers.remove(name);
     }
-    for name in [
-        CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        UPGRADE,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }
@@ -595,7 +624,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 fn response(
     ctx: &RequestCtx,
     conn: &Arc<ConnInfo>,
-    mut resp: Response<Incoming>,
+    mut resp: Response<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -665,11 +694,9 @@ fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, mut resp: Response<ProxyBody>) ->
 fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, complete: bool) {
     let elapsed = ctx.started.elapsed();
     let route = ctx.route.as_deref().unwrap_or("");
-    let labels = RequestLabels {
-        route: route.to_owned(),
-        status: status.as_u16(),
-    };
-    proxy.metrics.requests.get_or_create(&labels).inc();
+    proxy
+        .metrics
+        .observe_request(route, status.as_u16(), elapsed.as_secs_f64());
     // 4xx bursts are scanning; the answer itself is already out, so only a ban can follow.
     if status.is_client_error() && matches!(ctx.verdict, "allow" | "error") {
         let _ = proxy.risk.observe(
@@ -678,30 +705,22 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
             &proxy.metrics,
         );
     }
-    proxy
-        .metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(elapsed.as_secs_f64());
-    let identity = ctx.identity.as_ref().map(|i| i.subject.as_str());
-    let endpoint = ctx.endpoint.map(|e| e.to_string());
-    tracing::info!(
-        target: ACCESS,
-        request_id = %ctx.id,
-        source = %ctx.source,
-        method = %ctx.method,
-        path = %ctx.path,
-        identity,
+    crate::logging::access(&AccessLine {
+        request_id: &ctx.id,
+        source: ctx.source,
+        method: ctx.method.as_str(),
+        path: &ctx.path,
+        identity: ctx.identity.as_ref().map(|i| i.subject.as_str()),
         route,
-        upstream = ctx.upstream.as_deref(),
-        endpoint,
-        status = status.as_u16(),
-        bytes_in = ctx.bytes_in.load(Ordering::Relaxed),
+        upstream: ctx.upstream.as_deref(),
+        endpoint: ctx.endpoint,
+        status: status.as_u16(),
+        bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
-        latency_ms = elapsed.as_secs_f64() * 1000.0,
-        verdict = ctx.verdict,
+        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        verdict: ctx.verdict,
         complete,
-    );
+    });
 }
 
 #[cfg(test)]

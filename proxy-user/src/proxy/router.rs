@@ -13,7 +13,8 @@ use super::upstream::Upstream;
 
 #[derive(Debug)]
 pub struct Route {
-    pub label: String,
+    /// Shared, not copied, by every request that matches the route.
+    pub label: std::sync::Arc<str>,
     pub host: Option<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,
@@ -49,7 +50,7 @@ impl Router {
         let mut routes = Vec::with_capacity(configs.len());
         for c in configs {
             routes.push(Route {
-                label: c.label().to_owned(),
+                label: c.label().into(),
                 host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 path_prefix: c.path_prefix.clone(),
                 methods: c.methods.clone(),
@@ -147,7 +148,7 @@ mod tests {
         )
         .unwrap();
         let name = |host, path, m: Method| match r.find(host, path, &m) {
-            RouteMatch::Found(r) => r.label.clone(),
+            RouteMatch::Found(r) => r.label.to_string(),
             RouteMatch::MethodNotAllowed(r) => format!("405:{}", r.label),
             RouteMatch::NotFound => "404".into(),
         };

@@ -38,7 +38,8 @@ impl Endpoint {
 /// One `[[upstream]]` at run time.
 #[derive(Debug)]
 pub struct Upstream {
-    pub name: String,
+    /// Shared, not copied, by every request sent to the upstream.
+    pub name: std::sync::Arc<str>,
     endpoints: Vec<Endpoint>,
     next: AtomicUsize,
     eject_after: u32,
@@ -49,7 +50,7 @@ impl Upstream {
     #[must_use]
     pub fn new(config: &UpstreamConfig) -> Self {
         Self {
-            name: config.name.clone(),
+            name: config.name.as_str().into(),
             endpoints: config
                 .endpoints
                 .iter()

@@ -11,10 +11,14 @@ pub mod config;
 pub mod enforce;
 
 use std::{
+    borrow::Cow,
     collections::{HashMap, VecDeque},
     net::IpAddr,
     num::NonZeroUsize,
-    sync::Mutex,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
     time::{Duration, Instant, SystemTime},
 };
 
@@ -269,6 +273,8 @@ pub struct RiskEngine {
     cfg: RiskConfig,
     protected: Vec<Cidr>,
     inner: Mutex<Inner>,
+    /// Set by the first identity block and never cleared; see [`RiskEngine::identity_blocked`].
+    identity_blocks_placed: AtomicBool,
 }
 
 impl RiskEngine {
@@ -286,6 +292,7 @@ impl RiskEngine {
                 baselines: routes.iter().map(|r| (r.clone(), Baseline::default())).collect(),
             }),
             protected: all,
+            identity_blocks_placed: AtomicBool::new(false),
             cfg,
         }
     }
@@ -311,12 +318,14 @@ impl RiskEngine {
 
     /// Feeds one signal; returns the scores and any action it triggers.
     pub fn record(&self, ctx: &Context<'_>, signal: Signal<'_>, now: Instant) -> Outcome {
+        // Made once, outside the lock: the identity's key is needed by the rate count and the scoring.
+        let id_key = ctx.identity.map(identity_key);
         let mut inner = self.lock();
         let mut out = Outcome::default();
-        let scored = self.points(&mut inner, ctx, signal, now, &mut out);
+        let scored = self.points(&mut inner, ctx, id_key.as_deref(), signal, now, &mut out);
         self.score_source(&mut inner, ctx, &scored, now, &mut out);
-        if let Some(id) = ctx.identity {
-            self.score_identity(&mut inner, ctx, id, &scored, now, &mut out);
+        if let Some(id_key) = &id_key {
+            self.score_identity(&mut inner, ctx, id_key, &scored, now, &mut out);
         }
         out
     }
@@ -326,6 +335,7 @@ impl RiskEngine {
         &self,
         inner: &mut Inner,
         ctx: &Context<'_>,
+        id_key: Option<&str>,
         signal: Signal<'_>,
         now: Instant,
         out: &mut Outcome,
@@ -342,7 +352,7 @@ impl RiskEngine {
                 };
                 Scored {
                     points: f64::from(ev.severity.weight()) * factor * ctx.sensitivity * auth,
-                    kind: kind_name(ev.kind),
+                    kind: kind_name(ev.kind).into(),
                     reason,
                     evidence: ev.evidence.clone(),
                 }
@@ -363,10 +373,8 @@ impl RiskEngine {
                 };
                 let source = inner.sources.get_or_insert_mut(key, || Tracked::new(now));
                 let source_over = count_request(&mut inner.baselines, source, route, cfg, now);
-                let identity_over = ctx.identity.is_some_and(|id| {
-                    let t = inner
-                        .identities
-                        .get_or_insert_mut(identity_key(id), || Tracked::new(now));
+                let identity_over = id_key.is_some_and(|key| {
+                    let t = inner.identities.get_or_insert_mut_ref(key, || Tracked::new(now));
                     count_request(&mut inner.baselines, t, route, cfg, now)
                 });
                 out.over_rate = source_over || identity_over;
@@ -379,7 +387,7 @@ impl RiskEngine {
             }
             Signal::KernelPps(pps) if cfg.flood_pps > 0.0 && pps > cfg.flood_pps => Scored {
                 points: cfg.flood_weight,
-                kind: "flood".to_owned(),
+                kind: "flood".into(),
                 reason: BanReason::Flood,
                 evidence: vec![Evidence::new(
                     "flood.kernel_pps",
@@ -453,7 +461,7 @@ impl RiskEngine {
         &self,
         inner: &mut Inner,
         ctx: &Context<'_>,
-        id: &Identity,
+        id_key: &str,
         scored: &Scored,
         now: Instant,
         out: &mut Outcome,
@@ -461,7 +469,7 @@ impl RiskEngine {
         let cfg = &self.cfg;
         let t = inner
             .identities
-            .get_or_insert_mut(identity_key(id), || Tracked::new(now));
+            .get_or_insert_mut_ref(id_key, || Tracked::new(now));
         let mut score = t.score.get(now, cfg.half_life);
         if scored.points > 0.0 {
             // An identity with a history weighs more.
@@ -472,8 +480,9 @@ impl RiskEngine {
                 t.strikes += 1;
                 let ttl = cfg.ttl_for(t.strikes);
                 t.until = Some(now + ttl);
+                self.identity_blocks_placed.store(true, Ordering::Release);
                 out.identity_block = Some(IdentityBlockAction {
-                    identity: identity_key(id),
+                    identity: id_key.to_owned(),
                     ttl,
                     strike: t.strikes,
                     score,
@@ -487,8 +496,13 @@ impl RiskEngine {
 
     /// How much longer an identity is refused, if it is.
     pub fn identity_blocked(&self, identity: &Identity, now: Instant) -> Option<Duration> {
+        // Until the first block, no identity can be blocked: skip the key and the lock every request would pay.
+        if !self.identity_blocks_placed.load(Ordering::Acquire) {
+            return None;
+        }
+        let key = identity_key(identity);
         let mut inner = self.lock();
-        let t = inner.identities.get(&identity_key(identity))?;
+        let t = inner.identities.get(&key)?;
         t.until.filter(|u| *u > now).map(|u| u.duration_since(now))
     }
 
@@ -637,16 +651,17 @@ fn kind_name(kind: EventKind) -> String {
 /// A signal's worth: points, what kind of thing it was, the ban reason it stands for, and its evidence.
 struct Scored {
     points: f64,
-    kind: String,
+    /// Borrowed for the per-request signals, so that counting a request allocates nothing.
+    kind: Cow<'static, str>,
     reason: BanReason,
     evidence: Vec<Evidence>,
 }
 
 impl Scored {
-    fn new(points: f64, kind: &str, reason: BanReason) -> Self {
+    fn new(points: f64, kind: &'static str, reason: BanReason) -> Self {
         Self {
             points,
-            kind: kind.to_owned(),
+            kind: Cow::Borrowed(kind),
             reason,
             evidence: Vec::new(),
         }
@@ -663,7 +678,7 @@ fn link(ctx: &Context<'_>, scored: &Scored, points: f64, score_after: f64) -> Ch
         source: canonical(ctx.source),
         route: ctx.route.map(str::to_owned),
         request_id: ctx.request_id.map(str::to_owned),
-        kind: scored.kind.clone(),
+        kind: scored.kind.clone().into_owned(),
         evidence: scored.evidence.clone(),
         points,
         score_after,

@@ -1,0 +1,127 @@
+//! Upstream connection reuse: keep-alive across client connections, and a request that lands on a connection
+//! the upstream has just closed is sent again on a fresh one rather than answered with 502.
+
+#![allow(clippy::unwrap_used, reason = "tests")]
+
+mod proxy_support;
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use proxy_support::{TestProxy, raw};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::TcpListener,
+    task::JoinHandle,
+};
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepts. With `close_after_each`, it closes every
+/// connection right after its first response, without saying so (no `Connection: close`), as an upstream whose
+/// keep-alive timer fired would.
+struct CountingUpstream {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for CountingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl CountingUpstream {
+    async fn start(close_after_each: bool) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        // Requests here have no body: a head ends at the blank line.
+                        while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            buf.drain(..end + 4);
+                            let resp =
+                                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
+                            if tcp.write_all(resp).await.is_err() || close_after_each {
+                                return;
+                            }
+                        }
+                        match tcp.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        Self { addr, accepted, task }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+async fn proxy_to(upstream: &CountingUpstream) -> TestProxy {
+    TestProxy::start(&format!(
+        "[[upstream]]\nname = \"u\"\nendpoints = [\"{}\"]\n[[route]]\npath_prefix = \"/\"\nupstream = \"u\"\n",
+        upstream.addr
+    ))
+    .await
+}
+
+/// One request on its own client connection, so reuse can only come from the proxy's upstream side.
+async fn one_request(p: &TestProxy) -> String {
+    raw(
+        p.http,
+        b"GET / HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_client_connections() {
+    let upstream = CountingUpstream::start(false).await;
+    let p = proxy_to(&upstream).await;
+    for i in 0..20 {
+        let answer = one_request(&p).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        assert!(answer.ends_with("ok"), "request {i}: {answer}");
+    }
+    // One connection per worker thread at most: each worker keeps its own.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        upstream.accepted() <= workers,
+        "20 sequential requests opened {} upstream connections",
+        upstream.accepted()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_closed_is_not_a_502() {
+    let upstream = CountingUpstream::start(true).await;
+    let p = proxy_to(&upstream).await;
+    for i in 0..10 {
+        let answer = one_request(&p).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        // Give the close time to arrive, as it would between two requests in production.
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.accepted(), 10);
+}
