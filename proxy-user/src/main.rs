@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
+/// mimalloc instead of glibc's malloc: the request path allocates and frees many small objects per request
+/// (header maps, boxed bodies, futures), where glibc's bins and consolidation showed up in profiles. Set in
+/// the binary, so the library's users (tests, benches, the fuzz target) keep their own allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = proxy_user::cli::Cli::parse();
     match proxy_user::cli::run(cli) {

@@ -415,8 +415,3 @@ mod tests {
         }
     }
 }
-
-/// mimalloc instead of glibc's malloc: the request path allocates and frees many small objects per request
-/// (header maps, boxed bodies, futures), where glibc's bins and consolidation showed up in profiles.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
