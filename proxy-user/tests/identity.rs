@@ -477,6 +477,31 @@ async fn expired_tokens_are_refused_within_leeway_rules() {
 }
 
 #[tokio::test]
+async fn a_verified_token_is_remembered_but_still_expires() {
+    let strict = authenticator(&format!(
+        "[jwt]\nleeway = \"0s\"\n{}",
+        issuer_toml(&["HS256"], &source_for("HS256"))
+    ))
+    .unwrap();
+    let mut soon = claims();
+    soon["exp"] = json!(now() + 2);
+    let soon = sign("HS256", &soon);
+    // The second check is answered from the verified-token cache; it must say the same.
+    expect_alice(&strict, &soon).await;
+    expect_alice(&strict, &soon).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    expect_rejected(&strict, &bearer(&soon), &JWT_ROUTE, AuthFailure::Expired).await;
+    // A token that differs by one byte of its signature is a different token, not a cache hit.
+    let genuine = sign("HS256", &claims());
+    // A character inside the signature (every one of its bits counts), changed to another base64url one.
+    let at = genuine.len() - 10;
+    let swapped = if &genuine[at..=at] == "A" { "B" } else { "A" };
+    let forged = format!("{}{swapped}{}", &genuine[..at], &genuine[at + 1..]);
+    expect_alice(&strict, &genuine).await;
+    expect_rejected(&strict, &bearer(&forged), &JWT_ROUTE, AuthFailure::BadSignature).await;
+}
+
+#[tokio::test]
 async fn tokens_not_yet_valid_are_refused() {
     let auth = auth_for("EdDSA");
     let mut early = claims();
