@@ -42,6 +42,8 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub forwarding: ForwardingConfig,
     /// `[inspection]`: the payload inspector's policy (see `crate::inspect::Policy`); absent, nothing is
     /// inspected and no body is buffered.
     #[serde(default)]
@@ -217,6 +219,16 @@ fn deserialize_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<http::Meth
                 .map_err(|_| serde::de::Error::custom(format!("invalid HTTP method {m:?}")))
         })
         .collect()
+}
+
+/// `[forwarding]`: which peers' forwarding headers are believed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardingConfig {
+    /// Peers (load balancers, CDNs) whose `X-Forwarded-For` is kept and appended to. From any other peer the
+    /// header is replaced by the peer's address: a client cannot make the upstream believe it is someone else.
+    #[serde(default)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// `[limits]`: what one client may send. Defaults are close to nginx's.

@@ -204,7 +204,10 @@ async fn forwarding_headers_set_and_hop_by_hop_and_forged_subject_removed() {
         "{h}"
     );
     assert_eq!(h["x-app"], "kept");
-    assert_eq!(h["x-forwarded-for"], "198.51.100.9, 127.0.0.1");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's X-Forwarded-For is replaced"
+    );
     assert_eq!(h["x-forwarded-proto"], "http");
     let id = resp_headers["x-request-id"].to_str().unwrap();
     assert_ne!(id, "client-chosen");
@@ -215,6 +218,26 @@ async fn forwarding_headers_set_and_hop_by_hop_and_forged_subject_removed() {
     assert!(
         !resp_headers.contains_key("x-upstream-hop"),
         "response hop-by-hop headers are removed"
+    );
+}
+
+#[tokio::test]
+async fn a_trusted_proxys_forwarded_for_is_extended() {
+    let a = Upstream::start("a").await;
+    let p = TestProxy::start(&format!(
+        "[forwarding]\ntrusted_proxies = [\"127.0.0.0/8\"]\n[[upstream]]\nname = \"a\"\nendpoints = [\"{}\"]\n[[route]]\npath_prefix = \"/\"\nupstream = \"a\"\n",
+        a.addr
+    ))
+    .await;
+    let req = Request::get(p.url("/h"))
+        .header("x-forwarded-for", "198.51.100.9")
+        .body(Full::default())
+        .unwrap();
+    let (s, _, body) = send(req).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        json(&body)["headers"]["x-forwarded-for"],
+        "198.51.100.9, 127.0.0.1"
     );
 }
 

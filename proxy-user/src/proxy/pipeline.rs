@@ -552,8 +552,16 @@ fn rewrite_request_headers(
         headers.insert(HOST, value);
     }
     let source = ctx.source.to_string();
+    // Only a trusted proxy's list is extended; anyone else's is their own claim, and is dropped.
+    let trusted = ctx
+        .generation
+        .config
+        .forwarding
+        .trusted_proxies
+        .iter()
+        .any(|net| net.contains(&ctx.source));
     let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.trim().is_empty() => format!("{prior}, {source}"),
+        Some(prior) if trusted && !prior.trim().is_empty() => format!("{prior}, {source}"),
         _ => source,
     };
     headers.insert(
