@@ -92,8 +92,11 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
     walk_form(query.as_bytes(), "query:", &mut loc, f);
 
     let mut content_type: Option<&[u8]> = None;
+    let mut lower = String::with_capacity(32);
     for (name, value) in req.headers {
-        let lower = name.to_ascii_lowercase();
+        lower.clear();
+        lower.push_str(name);
+        lower.make_ascii_lowercase();
         if lower == "content-type" {
             content_type = Some(value);
         }
@@ -210,13 +213,14 @@ fn walk_form(input: &[u8], prefix: &str, loc: &mut String, f: &mut dyn FnMut(Fie
             Some(i) => (&pair[..i], Some(&pair[i + 1..])),
             None => (pair, None),
         };
-        let name = decode::percent_decode(name, true, &mut flags).unwrap_or_else(|| name.to_vec());
+        let decoded = decode::percent_decode(name, true, &mut flags);
+        let name = decoded.as_deref().unwrap_or(name);
         loc.clear();
         loc.push_str(prefix);
-        loc.push_str(&String::from_utf8_lossy(&name));
+        loc.push_str(&String::from_utf8_lossy(name));
         f(Field {
             location: loc,
-            raw: &name,
+            raw: name,
             kind: FieldKind::Name,
         });
         if let Some(value) = value {
@@ -399,7 +403,7 @@ fn walk_xml(body: &[u8], f: &mut dyn FnMut(Field<'_>)) {
 /// A small JSON walker: linear, bounded depth, no tree built. Invalid JSON is an `Err`, and the body is then
 /// inspected as text.
 mod json {
-    use std::borrow::Cow;
+    use std::{borrow::Cow, fmt::Write as _};
 
     use super::{Field, FieldKind};
 
@@ -500,9 +504,7 @@ mod json {
                     let mut index = 0usize;
                     loop {
                         let keep = loc.len();
-                        loc.push('[');
-                        loc.push_str(&index.to_string());
-                        loc.push(']');
+                        let _ = write!(loc, "[{index}]");
                         self.value(loc, depth + 1, f)?;
                         loc.truncate(keep);
                         index += 1;

@@ -183,16 +183,24 @@ pub(crate) fn scan_field(
     if field.raw.len() < 2 {
         return;
     }
-    if let Some(decoded) = decode::base64_text(field.raw) {
+    // With the prefilter, one pass over the raw bytes answers "can it be base64 text?", "is it plain?" and
+    // "does decoding change it?" at once.
+    let shape = (prefilter == Prefilter::On).then(|| RawShape::of(field.raw));
+    let maybe_base64 = shape.as_ref().is_none_or(|s| s.maybe_base64_text(field.raw));
+    if maybe_base64 && let Some(decoded) = decode::base64_text(field.raw) {
         // A parameter that is base64 of readable text is read by the application after decoding.
         let inner = Field {
             location: field.location,
             raw: &decoded,
             kind: field.kind,
         };
-        scan_decoded(&inner, policy, prefilter, scratch, sink);
+        scan_decoded(&inner, policy, prefilter, None, scratch, sink);
     }
-    if is_plain(field.raw) {
+    let plain = match &shape {
+        Some(s) => s.is_plain(field.raw),
+        None => is_plain(field.raw),
+    };
+    if plain {
         return;
     }
     if matches!(field.kind, FieldKind::Body | FieldKind::Value) && is_binary(field.raw) {
@@ -209,23 +217,122 @@ pub(crate) fn scan_field(
         expr::scan_code(&v, sink);
         return;
     }
-    scan_decoded(field, policy, prefilter, scratch, sink);
+    scan_decoded(field, policy, prefilter, shape, scratch, sink);
 }
 
-/// The detectors over one field's decoded value.
+/// Facts about a raw value, gathered in one pass of two tables.
+struct RawShape {
+    /// [`ByteFlags`] every byte has.
+    all: u8,
+    /// [`ByteFlags`] some byte has.
+    any: u8,
+    /// The value's [`Classes`]; those of its lowercase form too, since the table does not tell case apart.
+    classes: Classes,
+}
+
+/// Per-byte facts for [`RawShape`].
+struct ByteFlags;
+
+impl ByteFlags {
+    /// A character [`is_plain`] accepts.
+    const PLAIN: u8 = 1;
+    /// A character of the base64 alphabets [`decode::base64_text`] accepts.
+    const BASE64: u8 = 1 << 1;
+    const UPPER: u8 = 1 << 2;
+    const LOWER: u8 = 1 << 3;
+    /// A byte [`decode::normalize`] may change: non-ASCII, `%`, `&`, `\`, NUL.
+    const DECODES: u8 = 1 << 4;
+    /// ASCII whitespace, which [`decode::base64_text`] trims.
+    const SPACE: u8 = 1 << 5;
+}
+
+const BYTE_FLAGS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        #[expect(clippy::cast_possible_truncation, reason = "i < 256")]
+        let b = i as u8;
+        let mut f = 0;
+        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@') {
+            f |= ByteFlags::PLAIN;
+        }
+        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_') {
+            f |= ByteFlags::BASE64;
+        }
+        if b.is_ascii_uppercase() {
+            f |= ByteFlags::UPPER;
+        }
+        if b.is_ascii_lowercase() {
+            f |= ByteFlags::LOWER;
+        }
+        if !b.is_ascii() || matches!(b, b'%' | b'&' | b'\\' | 0) {
+            f |= ByteFlags::DECODES;
+        }
+        if b.is_ascii_whitespace() {
+            f |= ByteFlags::SPACE;
+        }
+        t[i] = f;
+        i += 1;
+    }
+    t
+};
+
+impl RawShape {
+    fn of(raw: &[u8]) -> Self {
+        let (mut all, mut any, mut classes) = (u8::MAX, 0u8, 0u32);
+        for &b in raw {
+            let f = BYTE_FLAGS[usize::from(b)];
+            all &= f;
+            any |= f;
+            classes |= CLASS_TABLE[usize::from(b)];
+        }
+        Self {
+            all,
+            any,
+            classes: Classes(classes),
+        }
+    }
+
+    /// False only where [`decode::base64_text`] returns `None`: it needs 8 bytes or more, an upper- and a
+    /// lowercase letter, and nothing but its alphabet once ASCII whitespace is trimmed off the ends.
+    fn maybe_base64_text(&self, raw: &[u8]) -> bool {
+        let trims = raw.first().is_some_and(u8::is_ascii_whitespace)
+            || raw.last().is_some_and(u8::is_ascii_whitespace);
+        raw.len() >= 8
+            && self.any & ByteFlags::UPPER != 0
+            && self.any & ByteFlags::LOWER != 0
+            && (self.all & ByteFlags::BASE64 != 0 || trims && self.any & ByteFlags::SPACE != 0)
+    }
+
+    /// [`is_plain`], from the pass already made.
+    fn is_plain(&self, raw: &[u8]) -> bool {
+        let doubled = |c: u8| raw.windows(2).any(|w| w[0] == c && w[1] == c);
+        self.all & ByteFlags::PLAIN != 0 && !doubled(b'.') && !doubled(b'_')
+    }
+}
+
+/// The detectors over one field's decoded value. `shape` is the raw value's, when already computed.
 fn scan_decoded(
     field: &Field<'_>,
     policy: &Policy,
     prefilter: Prefilter,
+    shape: Option<RawShape>,
     scratch: &mut Scratch,
     sink: &mut Sink<'_>,
 ) {
-    if prefilter == Prefilter::On
-        && let Some(text) = decode::unchanged_by_normalize(field.raw, policy.max_value_bytes)
+    let shape = match (prefilter, shape) {
+        (Prefilter::Off, _) => None,
+        (Prefilter::On, Some(s)) => Some(s),
+        (Prefilter::On, None) => Some(RawShape::of(field.raw)),
+    };
+    if let Some(shape) = shape
+        && shape.any & ByteFlags::DECODES == 0
+        && field.raw.len() <= policy.max_value_bytes
+        && let Ok(text) = std::str::from_utf8(field.raw)
     {
-        // `normalize` would return `text` itself: skip its copies, lowercase into the reused buffer (or not
-        // at all), and the flags are all clear.
-        let lower = if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        // `normalize` would return `text` itself (see `decode::unchanged_by_normalize`): skip its copies,
+        // lowercase into the reused buffer (or not at all), and the flags are all clear.
+        let lower = if shape.any & ByteFlags::UPPER != 0 {
             scratch.lower.clear();
             scratch.lower.push_str(text);
             scratch.lower.make_ascii_lowercase();
@@ -238,8 +345,9 @@ fn scan_decoded(
             kind: field.kind,
             text,
             lower,
-            classes: Classes::of(lower.as_bytes()),
+            classes: shape.classes,
         };
+        debug_assert_eq!(v.classes.0, Classes::of(lower.as_bytes()).0);
         run_detectors(
             &v,
             DecodeFlags::default(),
@@ -754,4 +862,27 @@ pub(crate) fn run_start(s: &str, at: usize, keep: impl Fn(u8) -> bool) -> usize 
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_flags_agree_with_the_functions_they_stand_for() {
+        for b in 0..=255u8 {
+            let two = [b, b'a'];
+            assert_eq!(
+                BYTE_FLAGS[usize::from(b)] & ByteFlags::DECODES == 0,
+                decode::unchanged_by_normalize(&two, 16).is_some(),
+                "byte {b:#x}"
+            );
+            assert_eq!(
+                BYTE_FLAGS[usize::from(b)] & ByteFlags::PLAIN != 0,
+                is_plain(&two),
+                "byte {b:#x}"
+            );
+        }
+        assert!(PREFILTER_NEEDLES.is_some());
+    }
 }
