@@ -214,7 +214,12 @@ fn field_findings(raw: &[u8], kind: FieldKind, location: &str, prefilter: Prefil
     let mut sink = Sink::new(&policy, "/");
     let mut scratch = Scratch::default();
     scan_field(
-        &Field { location, raw, kind },
+        &Field {
+            location,
+            raw,
+            kind,
+            text: std::str::from_utf8(raw).ok(),
+        },
         &policy,
         prefilter,
         &mut scratch,

@@ -186,17 +186,18 @@ pub(crate) fn scan_field(
     // With the prefilter, one pass over the raw bytes answers "can it be base64 text?", "is it plain?" and
     // "does decoding change it?" at once.
     let shape = (prefilter == Prefilter::On).then(|| RawShape::of(field.raw));
-    let maybe_base64 = shape.as_ref().is_none_or(|s| s.maybe_base64_text(field.raw));
+    let maybe_base64 = shape.is_none_or(|s| s.maybe_base64_text(field.raw));
     if maybe_base64 && let Some(decoded) = decode::base64_text(field.raw) {
         // A parameter that is base64 of readable text is read by the application after decoding.
         let inner = Field {
             location: field.location,
             raw: &decoded,
             kind: field.kind,
+            text: None,
         };
         scan_decoded(&inner, policy, prefilter, None, scratch, sink);
     }
-    let plain = match &shape {
+    let plain = match shape {
         Some(s) => s.is_plain(field.raw),
         None => is_plain(field.raw),
     };
@@ -220,96 +221,87 @@ pub(crate) fn scan_field(
     scan_decoded(field, policy, prefilter, shape, scratch, sink);
 }
 
-/// Facts about a raw value, gathered in one pass of two tables.
-struct RawShape {
-    /// [`ByteFlags`] every byte has.
-    all: u8,
-    /// [`ByteFlags`] some byte has.
-    any: u8,
-    /// The value's [`Classes`]; those of its lowercase form too, since the table does not tell case apart.
-    classes: Classes,
+/// Facts about a raw value, gathered in one pass of one table: its [`Classes`] (those of its lowercase form
+/// too, since the class table does not tell case apart) and the flags above them.
+#[derive(Clone, Copy)]
+struct RawShape(u32);
+
+impl RawShape {
+    /// A byte [`is_plain`] rejects.
+    const NOT_PLAIN: u32 = 1 << 24;
+    /// A byte outside the base64 alphabets [`decode::base64_text`] accepts.
+    const NOT_BASE64: u32 = 1 << 25;
+    const UPPER: u32 = 1 << 26;
+    const LOWER: u32 = 1 << 27;
+    /// A byte [`decode::normalize`] may change: non-ASCII, `%`, `&`, `\\`, NUL.
+    const DECODES: u32 = 1 << 28;
+    /// `_`, which [`is_plain`] rejects when doubled.
+    const UNDERSCORE: u32 = 1 << 29;
+    const CLASSES: u32 = (1 << 24) - 1;
+
+    fn of(raw: &[u8]) -> Self {
+        Self(raw.iter().fold(0, |m, &b| m | SHAPE_TABLE[usize::from(b)]))
+    }
+
+    const fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+
+    const fn classes(self) -> Classes {
+        Classes(self.0 & Self::CLASSES)
+    }
+
+    /// False only where [`decode::base64_text`] returns `None`: it needs 8 bytes or more, an upper- and a
+    /// lowercase letter, and nothing but its alphabet once ASCII whitespace is trimmed off the ends.
+    fn maybe_base64_text(self, raw: &[u8]) -> bool {
+        let trims = raw.first().is_some_and(u8::is_ascii_whitespace)
+            || raw.last().is_some_and(u8::is_ascii_whitespace);
+        raw.len() >= 8
+            && self.has(Self::UPPER)
+            && self.has(Self::LOWER)
+            && (!self.has(Self::NOT_BASE64) || trims)
+    }
+
+    /// [`is_plain`], from the pass already made.
+    fn is_plain(self, raw: &[u8]) -> bool {
+        let doubled = |c: u8| memchr::memchr_iter(c, raw).any(|i| raw.get(i + 1) == Some(&c));
+        let doubled_dot = self.has(Classes::DOT) && doubled(b'.');
+        let doubled_underscore = self.has(Self::UNDERSCORE) && doubled(b'_');
+        !self.has(Self::NOT_PLAIN) && !doubled_dot && !doubled_underscore
+    }
 }
 
-/// Per-byte facts for [`RawShape`].
-struct ByteFlags;
-
-impl ByteFlags {
-    /// A character [`is_plain`] accepts.
-    const PLAIN: u8 = 1;
-    /// A character of the base64 alphabets [`decode::base64_text`] accepts.
-    const BASE64: u8 = 1 << 1;
-    const UPPER: u8 = 1 << 2;
-    const LOWER: u8 = 1 << 3;
-    /// A byte [`decode::normalize`] may change: non-ASCII, `%`, `&`, `\`, NUL.
-    const DECODES: u8 = 1 << 4;
-    /// ASCII whitespace, which [`decode::base64_text`] trims.
-    const SPACE: u8 = 1 << 5;
-}
-
-const BYTE_FLAGS: [u8; 256] = {
-    let mut t = [0u8; 256];
+/// [`CLASS_TABLE`] with the [`RawShape`] flags on top.
+const SHAPE_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
     let mut i = 0;
     while i < 256 {
         #[expect(clippy::cast_possible_truncation, reason = "i < 256")]
         let b = i as u8;
-        let mut f = 0;
-        if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@') {
-            f |= ByteFlags::PLAIN;
+        let mut f = CLASS_TABLE[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@')) {
+            f |= RawShape::NOT_PLAIN;
         }
-        if b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_') {
-            f |= ByteFlags::BASE64;
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')) {
+            f |= RawShape::NOT_BASE64;
         }
         if b.is_ascii_uppercase() {
-            f |= ByteFlags::UPPER;
+            f |= RawShape::UPPER;
         }
         if b.is_ascii_lowercase() {
-            f |= ByteFlags::LOWER;
+            f |= RawShape::LOWER;
         }
         if !b.is_ascii() || matches!(b, b'%' | b'&' | b'\\' | 0) {
-            f |= ByteFlags::DECODES;
+            f |= RawShape::DECODES;
         }
-        if b.is_ascii_whitespace() {
-            f |= ByteFlags::SPACE;
+        if b == b'_' {
+            f |= RawShape::UNDERSCORE;
         }
         t[i] = f;
         i += 1;
     }
     t
 };
-
-impl RawShape {
-    fn of(raw: &[u8]) -> Self {
-        let (mut all, mut any, mut classes) = (u8::MAX, 0u8, 0u32);
-        for &b in raw {
-            let f = BYTE_FLAGS[usize::from(b)];
-            all &= f;
-            any |= f;
-            classes |= CLASS_TABLE[usize::from(b)];
-        }
-        Self {
-            all,
-            any,
-            classes: Classes(classes),
-        }
-    }
-
-    /// False only where [`decode::base64_text`] returns `None`: it needs 8 bytes or more, an upper- and a
-    /// lowercase letter, and nothing but its alphabet once ASCII whitespace is trimmed off the ends.
-    fn maybe_base64_text(&self, raw: &[u8]) -> bool {
-        let trims = raw.first().is_some_and(u8::is_ascii_whitespace)
-            || raw.last().is_some_and(u8::is_ascii_whitespace);
-        raw.len() >= 8
-            && self.any & ByteFlags::UPPER != 0
-            && self.any & ByteFlags::LOWER != 0
-            && (self.all & ByteFlags::BASE64 != 0 || trims && self.any & ByteFlags::SPACE != 0)
-    }
-
-    /// [`is_plain`], from the pass already made.
-    fn is_plain(&self, raw: &[u8]) -> bool {
-        let doubled = |c: u8| raw.windows(2).any(|w| w[0] == c && w[1] == c);
-        self.all & ByteFlags::PLAIN != 0 && !doubled(b'.') && !doubled(b'_')
-    }
-}
 
 /// The detectors over one field's decoded value. `shape` is the raw value's, when already computed.
 fn scan_decoded(
@@ -326,13 +318,13 @@ fn scan_decoded(
         (Prefilter::On, None) => Some(RawShape::of(field.raw)),
     };
     if let Some(shape) = shape
-        && shape.any & ByteFlags::DECODES == 0
+        && !shape.has(RawShape::DECODES)
         && field.raw.len() <= policy.max_value_bytes
-        && let Ok(text) = std::str::from_utf8(field.raw)
+        && let Some(text) = field.text.or_else(|| std::str::from_utf8(field.raw).ok())
     {
         // `normalize` would return `text` itself (see `decode::unchanged_by_normalize`): skip its copies,
         // lowercase into the reused buffer (or not at all), and the flags are all clear.
-        let lower = if shape.any & ByteFlags::UPPER != 0 {
+        let lower = if shape.has(RawShape::UPPER) {
             scratch.lower.clear();
             scratch.lower.push_str(text);
             scratch.lower.make_ascii_lowercase();
@@ -345,7 +337,7 @@ fn scan_decoded(
             kind: field.kind,
             text,
             lower,
-            classes: shape.classes,
+            classes: shape.classes(),
         };
         debug_assert_eq!(v.classes.0, Classes::of(lower.as_bytes()).0);
         run_detectors(
@@ -473,8 +465,7 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     // and one of its sink literals; `js_call` needs `(`, a backtick or a quote, and its regex needs `[`,
     // `source`, `alert`, `confirm`, `prompt` or `document` in every alternative.
     let xss_by_class = c.any(Classes::LT | Classes::BRACE)
-        || c.any(Classes::EQ)
-            && (c.any(Classes::QUOTE) || memchr::memmem::find(v.lower.as_bytes(), b"on").is_some())
+        || c.any(Classes::EQ) && (c.any(Classes::QUOTE) || has_on(v.lower.as_bytes()))
         || c.any(Classes::COLON)
             && v.lower
                 .chars()
@@ -543,6 +534,11 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
         expr_by_class || found.has(Needle::EXPR_DOTTED | Needle::EXPR),
     );
     run
+}
+
+/// Whether `on` occurs: one `memchr` per `o`, no searcher built for a two-byte needle.
+fn has_on(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'o', b).any(|i| b.get(i + 1) == Some(&b'n'))
 }
 
 /// The characters `sqli` gates on (its `TRIGGERS`).
@@ -777,45 +773,68 @@ const NEEDLES: &[(&str, Needle)] = &[
     ("__schema", Needle::EXPR),
 ];
 
-/// All the prefilter's literals in one automaton: [`SQL_WORDS`] first, then [`NEEDLES`].
-static PREFILTER_NEEDLES: Needles = Needles::new(|| {
-    let all: Vec<&str> = SQL_WORDS
-        .iter()
-        .copied()
-        .chain(NEEDLES.iter().map(|(n, _)| *n))
-        .collect();
-    needles(&all)
+/// All the prefilter's literals in one DFA: [`SQL_WORDS`] first, then [`NEEDLES`]. Standard match semantics,
+/// so that walking it reports every occurrence of every literal (see [`needles_in`]).
+static PREFILTER_DFA: std::sync::LazyLock<Option<aho_corasick::dfa::DFA>> = std::sync::LazyLock::new(|| {
+    let all = SQL_WORDS.iter().copied().chain(NEEDLES.iter().map(|(n, _)| *n));
+    aho_corasick::dfa::DFA::builder()
+        .match_kind(aho_corasick::MatchKind::Standard)
+        .prefilter(false)
+        .build(all)
+        .ok()
 });
 
-/// Which of the `wanted` needle groups occur in `lower`, in one overlapping pass that stops once all of them
-/// have been seen (no pass at all when none is wanted). Groups not wanted may be missing from the answer.
-/// An unbuildable automaton (ruled out by the tests) reports every group.
+/// Which of the `wanted` needle groups occur in `lower`, in one walk of [`PREFILTER_DFA`] that stops once all
+/// of them have been seen (no walk at all when none is wanted). Groups not wanted may be missing from the
+/// answer. An unbuildable automaton (ruled out by the tests) reports every group.
+///
+/// The walk is the textbook overlapping search, one transition per byte: every match state reached reports
+/// every literal ending there, so no occurrence can hide behind another (which a leftmost search would
+/// allow, and a prefilter cannot afford).
 fn needles_in(lower: &str, wanted: Needle) -> Needle {
+    use aho_corasick::{Anchored, automaton::Automaton as _};
     if wanted == Needle::NONE {
         return Needle::NONE;
     }
-    let Some(ac) = PREFILTER_NEEDLES.as_ref() else {
+    let Some(dfa) = PREFILTER_DFA.as_ref() else {
+        return Needle(u16::MAX);
+    };
+    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
         return Needle(u16::MAX);
     };
     let b = lower.as_bytes();
     let is_word = |ch: u8| ch.is_ascii_alphanumeric() || ch == b'_';
     let mut found = Needle::NONE;
-    for m in ac.find_overlapping_iter(lower) {
-        let i = m.pattern().as_usize();
-        let group = match SQL_WORDS.get(i) {
-            Some(_) => {
-                let bounded = (m.start() == 0 || !is_word(b[m.start() - 1]))
-                    && b.get(m.end()).is_none_or(|&ch| !is_word(ch));
+    for (at, &byte) in b.iter().enumerate() {
+        sid = dfa.next_state(Anchored::No, sid, byte);
+        if !dfa.is_special(sid) {
+            continue;
+        }
+        if !dfa.is_match(sid) {
+            // A dead state: an unanchored search never reaches one, but if it did nothing more could match.
+            if dfa.is_dead(sid) {
+                break;
+            }
+            continue;
+        }
+        let end = at + 1;
+        for i in 0..dfa.match_len(sid) {
+            let pid = dfa.match_pattern(sid, i);
+            let group = if pid.as_usize() < SQL_WORDS.len() {
+                let start = end - dfa.pattern_len(pid);
+                let bounded =
+                    (start == 0 || !is_word(b[start - 1])) && b.get(end).is_none_or(|&ch| !is_word(ch));
                 if !bounded {
                     continue;
                 }
                 Needle::SQL
-            }
-            None => NEEDLES
-                .get(i - SQL_WORDS.len())
-                .map_or(Needle(u16::MAX), |(_, g)| *g),
-        };
-        found = found | group;
+            } else {
+                NEEDLES
+                    .get(pid.as_usize() - SQL_WORDS.len())
+                    .map_or(Needle(u16::MAX), |(_, g)| *g)
+            };
+            found = found | group;
+        }
         if found.0 & wanted.0 == wanted.0 {
             break;
         }
@@ -872,17 +891,21 @@ mod tests {
     fn byte_flags_agree_with_the_functions_they_stand_for() {
         for b in 0..=255u8 {
             let two = [b, b'a'];
+            let shape = RawShape::of(&two);
             assert_eq!(
-                BYTE_FLAGS[usize::from(b)] & ByteFlags::DECODES == 0,
+                !shape.has(RawShape::DECODES),
                 decode::unchanged_by_normalize(&two, 16).is_some(),
                 "byte {b:#x}"
             );
+            assert_eq!(shape.is_plain(&two), is_plain(&two), "byte {b:#x}");
+            assert_eq!(shape.classes().0, Classes::of(&two).0, "byte {b:#x}");
+            let doubled = [b, b];
             assert_eq!(
-                BYTE_FLAGS[usize::from(b)] & ByteFlags::PLAIN != 0,
-                is_plain(&two),
+                RawShape::of(&doubled).is_plain(&doubled),
+                is_plain(&doubled),
                 "byte {b:#x}"
             );
         }
-        assert!(PREFILTER_NEEDLES.is_some());
+        assert!(PREFILTER_DFA.is_some());
     }
 }
