@@ -81,10 +81,18 @@ pub fn normalize(input: &[u8], max: usize) -> Normalized {
             if matches!(s, Cow::Owned(_)) {
                 flags.invalid_utf8 = true;
             }
-            let nfkc: String = s.nfkc().map(fold_confusable).collect();
-            if nfkc.as_bytes() != &*cur {
-                cur = Cow::Owned(nfkc.into_bytes());
-                changed = true;
+            // Text already in NFKC with no confusable in it would come out of the step below unchanged: the
+            // quick check spares building a copy of every non-English value just to compare it.
+            let unchanged = matches!(s, Cow::Borrowed(_))
+                && unicode_normalization::is_nfkc_quick(s.chars())
+                    == unicode_normalization::IsNormalized::Yes
+                && s.chars().all(|c| fold_confusable(c) == c);
+            if !unchanged {
+                let nfkc: String = s.nfkc().map(fold_confusable).collect();
+                if nfkc.as_bytes() != &*cur {
+                    cur = Cow::Owned(nfkc.into_bytes());
+                    changed = true;
+                }
             }
         }
         if let Some(next) = html_entity_decode(&cur) {
