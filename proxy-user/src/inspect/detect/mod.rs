@@ -429,13 +429,15 @@ fn run_detectors(v: &Value<'_>, flags: DecodeFlags, run: Detectors, sink: &mut S
 
 /// The prefilter: the detectors that can possibly report on `v`. Each condition below is *necessary* for its
 /// detector to report anything, read off the detector's code: a detector left out cannot produce a finding.
-/// The conditions only use facts about `v` the detector itself sees (its decoded, lowercased text), in one
-/// pass of [`Classes::of`] (done anyway) and at most one pass of the [`Needle`] automaton.
+/// The conditions only use facts about `v` the detector itself sees (its decoded, lowercased text): its
+/// [`Classes`] (computed anyway) and at most one walk of [`PREFILTER_DFA`].
 ///
 /// Keeping this true is a duty of whoever changes a detector: a new rule whose trigger is not covered here
-/// must widen its detector's condition. `prefilter_is_conservative` (a property test over strings built
-/// from the detectors' own literals and attack characters) and `rasp-proxy eval --verdicts` before/after
-/// catch a condition that became too narrow.
+/// must widen its detector's condition (the copied lists below, [`SQL_WORDS`] and [`NEEDLES`], name the
+/// detector list each comes from). The property tests `prefilter_is_conservative_per_field` and
+/// `…_per_request` (over strings generated from the detectors' own regexes and literals, read from their
+/// source files, and attack characters), `rasp-proxy eval --check-prefilter`, and a diff of
+/// `rasp-proxy eval --verdicts` before and after catch a condition that became too narrow.
 fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     let c = v.classes;
     let mut run = Detectors::NONE;
