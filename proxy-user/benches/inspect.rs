@@ -1,10 +1,13 @@
 //! Inspector throughput: typical requests (targets: ≥ 100k requests/s per core) and large benign JSON
 //! bodies (≥ 300 MB/s per core). `cargo bench -p proxy-user --bench inspect`.
+//!
+//! Each case also runs through `inspect_exhaustive` (`…/exhaustive`): the same verdict without the
+//! prefilter, so the gap shows what the prefilter saves and a prefilter that stops saving shows up here.
 
 use std::{fmt::Write as _, hint::black_box};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use proxy_user::inspect::{Policy, RequestView, inspect};
+use proxy_user::inspect::{Policy, RequestView, inspect, inspect_exhaustive};
 
 const UA: &[u8] = b"Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0.0.0 Safari/537.36";
 
@@ -42,6 +45,9 @@ fn typical_get(c: &mut Criterion) {
     g.bench_function("browser_get", |b| {
         b.iter(|| black_box(inspect(black_box(&req), &policy)));
     });
+    g.bench_function("browser_get/exhaustive", |b| {
+        b.iter(|| black_box(inspect_exhaustive(black_box(&req), &policy)));
+    });
 
     let json_headers: &[(&str, &[u8])] = &[
         ("Host", b"api.example.com"),
@@ -63,6 +69,9 @@ fn typical_get(c: &mut Criterion) {
     };
     g.bench_function("api_json_post", |b| {
         b.iter(|| black_box(inspect(black_box(&post), &policy)));
+    });
+    g.bench_function("api_json_post/exhaustive", |b| {
+        b.iter(|| black_box(inspect_exhaustive(black_box(&post), &policy)));
     });
     g.finish();
 }
@@ -111,6 +120,9 @@ fn large_body(c: &mut Criterion) {
     g.sample_size(20);
     g.bench_function("json_1mib", |b| {
         b.iter(|| black_box(inspect(black_box(&req), &policy)));
+    });
+    g.bench_function("json_1mib/exhaustive", |b| {
+        b.iter(|| black_box(inspect_exhaustive(black_box(&req), &policy)));
     });
     g.finish();
 }

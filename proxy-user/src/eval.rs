@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     Error,
-    inspect::{Policy, RequestView, inspect},
+    inspect::{Policy, RequestView, inspect, inspect_exhaustive},
 };
 
 /// Arguments of `rasp-proxy eval`.
@@ -39,6 +39,15 @@ pub struct EvalArgs {
     /// the rules involved, to stderr.
     #[arg(long, default_value_t = 0)]
     pub explain: usize,
+    /// Write every request's full verdict (score, rules, locations, excerpts) to this file, one JSON line per
+    /// request: diffing two such files shows exactly which requests a change to the inspector affected, where
+    /// the per-category counts only show that something did.
+    #[arg(long, value_name = "FILE")]
+    pub verdicts: Option<PathBuf>,
+    /// Also inspect every request without the prefilter and fail if any verdict differs: the prefilter must
+    /// only ever skip work that cannot change a verdict. Only the prefiltered `inspect()` is timed.
+    #[arg(long)]
+    pub check_prefilter: bool,
 }
 
 /// One corpus line.
@@ -107,9 +116,26 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     if let Some(p) = args.paranoia {
         policy.paranoia = p;
     }
+    let mut verdicts = match &args.verdicts {
+        Some(p) => Some(std::io::BufWriter::new(File::create(p).map_err(|e| {
+            Error::io(format!("creating the verdicts file {}", p.display()), e)
+        })?)),
+        None => None,
+    };
     let mut reports = Vec::new();
     for path in &args.corpus {
-        reports.push(eval_file(path, &policy, args.explain)?);
+        let sink = verdicts.as_mut().map(|w| w as &mut dyn std::io::Write);
+        reports.push(eval_file(
+            path,
+            &policy,
+            args.explain,
+            sink,
+            args.check_prefilter,
+        )?);
+    }
+    if let (Some(w), Some(p)) = (verdicts.as_mut(), &args.verdicts) {
+        w.flush()
+            .map_err(|e| Error::io(format!("writing the verdicts file {}", p.display()), e))?;
     }
     let out = if args.json {
         let mut json = serde_json::to_string_pretty(&reports)
@@ -127,7 +153,22 @@ pub fn run(args: &EvalArgs) -> Result<(), Error> {
     }
 }
 
-fn eval_file(path: &Path, policy: &Policy, explain: usize) -> Result<FileReport, Error> {
+/// One line of the `--verdicts` file.
+#[derive(Serialize)]
+struct VerdictLine<'a> {
+    file: &'a str,
+    line: usize,
+    #[serde(flatten)]
+    verdict: &'a crate::inspect::Verdict,
+}
+
+fn eval_file(
+    path: &Path,
+    policy: &Policy,
+    explain: usize,
+    mut verdicts: Option<&mut dyn std::io::Write>,
+    check_prefilter: bool,
+) -> Result<FileReport, Error> {
     let file = File::open(path).map_err(|e| Error::io(format!("opening corpus {}", path.display()), e))?;
     let mut report = FileReport {
         file: path.display().to_string(),
@@ -170,6 +211,24 @@ fn eval_file(path: &Path, policy: &Policy, explain: usize) -> Result<FileReport,
         let start = Instant::now();
         let verdict = inspect(&view, policy);
         spent += start.elapsed();
+        if check_prefilter && inspect_exhaustive(&view, policy) != verdict {
+            return Err(Error::Other(format!(
+                "{}:{line_no}: the prefiltered verdict differs from the exhaustive one: the prefilter in \
+                 inspect/detect/mod.rs skips a detector that fires here",
+                path.display()
+            )));
+        }
+        if let Some(w) = verdicts.as_mut() {
+            let line = VerdictLine {
+                file: &report.file,
+                line: line_no,
+                verdict: &verdict,
+            };
+            serde_json::to_writer(&mut *w, &line)
+                .map_err(std::io::Error::from)
+                .and_then(|()| w.write_all(b"\n"))
+                .map_err(|e| Error::io("writing the verdicts file", e))?;
+        }
         let flagged = verdict.over_threshold;
         report.requests += 1;
         report.total.add(parsed.label, flagged);
@@ -181,26 +240,7 @@ fn eval_file(path: &Path, policy: &Policy, explain: usize) -> Result<FileReport,
         let wrong = (parsed.label == Label::Attack) != flagged;
         if wrong && explained < explain {
             explained += 1;
-            let rules: Vec<String> = verdict
-                .findings
-                .iter()
-                .map(|f| {
-                    format!(
-                        "{}@{} {:?}",
-                        f.evidence.rule_id, f.evidence.location, f.evidence.excerpt
-                    )
-                })
-                .collect();
-            let body_head: String = String::from_utf8_lossy(&body[..body.len().min(160)]).into_owned();
-            eprintln!(
-                "{}:{line_no}: {} {} {} {} body={body_head:?} score={} rules={rules:?}",
-                path.display(),
-                if flagged { "FLAGGED-BENIGN" } else { "MISSED" },
-                parsed.category,
-                parsed.method,
-                truncate(&parsed.uri, 200),
-                verdict.score
-            );
+            explain_miss(&format!("{}:{line_no}", path.display()), parsed, body, &verdict);
         }
     }
     let secs = spent.as_secs_f64();
@@ -212,6 +252,33 @@ fn eval_file(path: &Path, policy: &Policy, explain: usize) -> Result<FileReport,
     };
     report.requests_per_sec = rps;
     Ok(report)
+}
+
+/// One wrongly classified request, with the rules involved, to stderr.
+fn explain_miss(at: &str, req: &CorpusRequest, body: &[u8], verdict: &crate::inspect::Verdict) {
+    let rules: Vec<String> = verdict
+        .findings
+        .iter()
+        .map(|f| {
+            format!(
+                "{}@{} {:?}",
+                f.evidence.rule_id, f.evidence.location, f.evidence.excerpt
+            )
+        })
+        .collect();
+    let body_head: String = String::from_utf8_lossy(&body[..body.len().min(160)]).into_owned();
+    eprintln!(
+        "{at}: {} {} {} {} body={body_head:?} score={} rules={rules:?}",
+        if verdict.over_threshold {
+            "FLAGGED-BENIGN"
+        } else {
+            "MISSED"
+        },
+        req.category,
+        req.method,
+        truncate(&req.uri, 200),
+        verdict.score
+    );
 }
 
 fn truncate(s: &str, max: usize) -> &str {
@@ -311,7 +378,7 @@ mod tests {
             ),
         )
         .unwrap();
-        let r = eval_file(&path, &Policy::default(), 0).unwrap();
+        let r = eval_file(&path, &Policy::default(), 0, None, true).unwrap();
         assert_eq!(r.requests, 2);
         assert_eq!(r.bad_lines, 1);
         assert_eq!(r.total.attacks_detected, 1);

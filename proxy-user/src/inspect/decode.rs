@@ -81,10 +81,18 @@ pub fn normalize(input: &[u8], max: usize) -> Normalized {
             if matches!(s, Cow::Owned(_)) {
                 flags.invalid_utf8 = true;
             }
-            let nfkc: String = s.nfkc().map(fold_confusable).collect();
-            if nfkc.as_bytes() != &*cur {
-                cur = Cow::Owned(nfkc.into_bytes());
-                changed = true;
+            // Text already in NFKC with no confusable in it would come out of the step below unchanged: the
+            // quick check spares building a copy of every non-English value just to compare it.
+            let unchanged = matches!(s, Cow::Borrowed(_))
+                && unicode_normalization::is_nfkc_quick(s.chars())
+                    == unicode_normalization::IsNormalized::Yes
+                && s.chars().all(|c| fold_confusable(c) == c);
+            if !unchanged {
+                let nfkc: String = s.nfkc().map(fold_confusable).collect();
+                if nfkc.as_bytes() != &*cur {
+                    cur = Cow::Owned(nfkc.into_bytes());
+                    changed = true;
+                }
             }
         }
         if let Some(next) = html_entity_decode(&cur) {
@@ -106,6 +114,21 @@ pub fn normalize(input: &[u8], max: usize) -> Normalized {
     let text = String::from_utf8_lossy(&cur).into_owned();
     let lower = text.to_ascii_lowercase();
     Normalized { text, lower, flags }
+}
+
+/// `input` as text when [`normalize`] would return it unchanged, with no flag set: ASCII (so no overlong
+/// form, invalid UTF-8 or compatibility character), no `%`, `&` or `\\` (so no percent, entity or
+/// backslash escape), no NUL, and within `max`. Most values are like this; they need no copy.
+#[must_use]
+pub fn unchanged_by_normalize(input: &[u8], max: usize) -> Option<&str> {
+    if input.len() > max
+        || input
+            .iter()
+            .any(|&b| !b.is_ascii() || matches!(b, b'%' | b'&' | b'\\' | 0))
+    {
+        return None;
+    }
+    std::str::from_utf8(input).ok()
 }
 
 /// Separators and dots that compatibility normalisation leaves alone but that lenient servers (IIS, some
@@ -678,6 +701,32 @@ mod tests {
         let n = normalize(s.as_bytes(), 1 << 20);
         assert!(n.text.starts_with('%'));
         assert!(normalize(&vec![b'%'; 10_000], 1 << 20).text.len() == 10_000);
+    }
+
+    #[test]
+    fn unchanged_values_are_exactly_what_normalize_returns() {
+        for v in [
+            &b"plain text, with punctuation: (a) [b] {c} <d> 'e' \"f\" $g #h ;i |j +k ~l"[..],
+            b"/etc/passwd?x=1",
+            b"MiXeD CaSe\r\nand\tcontrols",
+        ] {
+            let fast = unchanged_by_normalize(v, 1024).unwrap();
+            let n = normalize(v, 1024);
+            assert_eq!(fast, n.text);
+            assert_eq!(fast.to_ascii_lowercase(), n.lower);
+            assert_eq!(n.flags, DecodeFlags::default());
+        }
+        for v in [
+            &b"50%25"[..],
+            b"a&lt;b",
+            b"\\x3c",
+            b"nul\0",
+            "caf\u{e9}".as_bytes(),
+            b"\xC0\xAE",
+        ] {
+            assert!(unchanged_by_normalize(v, 1024).is_none(), "{v:?}");
+        }
+        assert!(unchanged_by_normalize(b"long enough", 4).is_none());
     }
 
     #[test]

@@ -29,6 +29,9 @@ pub(crate) struct Field<'a> {
     pub location: &'a str,
     pub raw: &'a [u8],
     pub kind: FieldKind,
+    /// `raw` as text, when the extractor already knows it is UTF-8 (a slice of a body validated once):
+    /// spares the detectors validating it again, value by value.
+    pub text: Option<&'a str>,
 }
 
 /// Headers whose values are fixed syntax set by browsers and HTTP stacks, not application data; inspecting
@@ -87,13 +90,17 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
             location: "path",
             raw: path.as_bytes(),
             kind: FieldKind::Path,
+            text: None,
         });
     }
     walk_form(query.as_bytes(), "query:", &mut loc, f);
 
     let mut content_type: Option<&[u8]> = None;
+    let mut lower = String::with_capacity(32);
     for (name, value) in req.headers {
-        let lower = name.to_ascii_lowercase();
+        lower.clear();
+        lower.push_str(name);
+        lower.make_ascii_lowercase();
         if lower == "content-type" {
             content_type = Some(value);
         }
@@ -107,6 +114,7 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
                     location: &loc,
                     raw: value,
                     kind: FieldKind::Referer,
+                    text: None,
                 });
                 walk_referer_query(value, &mut loc, f);
             }
@@ -118,6 +126,7 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
                     location: &loc,
                     raw: value,
                     kind,
+                    text: None,
                 });
             }
             None => {}
@@ -141,6 +150,7 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
                 location: "body",
                 raw: body,
                 kind: FieldKind::Body,
+                text: None,
             }),
         }
     } else if (mime.contains("json") || matches!(body.trim_ascii_start().first(), Some(b'{' | b'[')))
@@ -156,6 +166,7 @@ pub(crate) fn walk(req: &RequestView<'_>, policy: &Policy, f: &mut dyn FnMut(Fie
             location: "body",
             raw: body,
             kind: FieldKind::Body,
+            text: None,
         });
     }
 }
@@ -195,6 +206,7 @@ fn walk_referer_query(referer: &[u8], loc: &mut String, f: &mut dyn FnMut(Field<
             location: loc,
             raw: decoded.as_deref().unwrap_or(value),
             kind: FieldKind::Referer,
+            text: None,
         });
     }
 }
@@ -210,14 +222,16 @@ fn walk_form(input: &[u8], prefix: &str, loc: &mut String, f: &mut dyn FnMut(Fie
             Some(i) => (&pair[..i], Some(&pair[i + 1..])),
             None => (pair, None),
         };
-        let name = decode::percent_decode(name, true, &mut flags).unwrap_or_else(|| name.to_vec());
+        let decoded = decode::percent_decode(name, true, &mut flags);
+        let name = decoded.as_deref().unwrap_or(name);
         loc.clear();
         loc.push_str(prefix);
-        loc.push_str(&String::from_utf8_lossy(&name));
+        loc.push_str(&String::from_utf8_lossy(name));
         f(Field {
             location: loc,
-            raw: &name,
+            raw: name,
             kind: FieldKind::Name,
+            text: None,
         });
         if let Some(value) = value {
             let decoded = decode::percent_decode(value, true, &mut flags);
@@ -225,6 +239,7 @@ fn walk_form(input: &[u8], prefix: &str, loc: &mut String, f: &mut dyn FnMut(Fie
                 location: loc,
                 raw: decoded.as_deref().unwrap_or(value),
                 kind: FieldKind::Value,
+                text: None,
             });
         }
     }
@@ -249,6 +264,7 @@ fn walk_cookies(header: &[u8], loc: &mut String, f: &mut dyn FnMut(Field<'_>)) {
             location: loc,
             raw: decoded.as_deref().unwrap_or(value),
             kind: FieldKind::Cookie,
+            text: None,
         });
     }
 }
@@ -275,6 +291,7 @@ fn walk_multipart(body: &[u8], boundary: &[u8], loc: &mut String, f: &mut dyn Fn
             location: "body",
             raw: body,
             kind: FieldKind::Body,
+            text: None,
         });
         return;
     }
@@ -314,6 +331,7 @@ fn walk_multipart(body: &[u8], boundary: &[u8], loc: &mut String, f: &mut dyn Fn
                 location: loc,
                 raw: name.as_bytes(),
                 kind: FieldKind::Name,
+                text: None,
             });
         }
         if let Some(fname) = filename {
@@ -321,12 +339,14 @@ fn walk_multipart(body: &[u8], boundary: &[u8], loc: &mut String, f: &mut dyn Fn
                 location: loc,
                 raw: fname.as_bytes(),
                 kind: FieldKind::Filename,
+                text: None,
             });
         }
         f(Field {
             location: loc,
             raw: content,
             kind: FieldKind::Value,
+            text: None,
         });
     }
 }
@@ -358,6 +378,7 @@ fn walk_xml(body: &[u8], f: &mut dyn FnMut(Field<'_>)) {
         location: "xml",
         raw: body,
         kind: FieldKind::XmlDocument,
+        text: None,
     });
     let mut i = 0;
     while i < body.len() {
@@ -368,6 +389,7 @@ fn walk_xml(body: &[u8], f: &mut dyn FnMut(Field<'_>)) {
                     location: "xml:text",
                     raw: text,
                     kind: FieldKind::Value,
+                    text: None,
                 });
             }
             break;
@@ -378,6 +400,7 @@ fn walk_xml(body: &[u8], f: &mut dyn FnMut(Field<'_>)) {
                 location: "xml:text",
                 raw: text,
                 kind: FieldKind::Value,
+                text: None,
             });
         }
         let tag = i + lt;
@@ -388,6 +411,7 @@ fn walk_xml(body: &[u8], f: &mut dyn FnMut(Field<'_>)) {
                 location: "xml:cdata",
                 raw: &body[start..end],
                 kind: FieldKind::Value,
+                text: None,
             });
             i = end + 3;
         } else {
@@ -403,6 +427,32 @@ mod json {
 
     use super::{Field, FieldKind};
 
+    /// `[index]`, without the formatting machinery: large arrays pay this once per element.
+    fn push_index(loc: &mut String, mut index: usize) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b"0123456789"[index % 10];
+            index /= 10;
+            if index == 0 {
+                break;
+            }
+        }
+        loc.push('[');
+        loc.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+        loc.push(']');
+    }
+
+    /// Appends a key to the location: borrowed when it is UTF-8, as keys nearly always are.
+    fn push_key(loc: &mut String, key: &[u8]) {
+        loc.push('.');
+        match std::str::from_utf8(key) {
+            Ok(k) => loc.push_str(k),
+            Err(_) => loc.push_str(&String::from_utf8_lossy(key)),
+        }
+    }
+
     pub(super) struct Invalid;
 
     pub(super) fn walk(
@@ -413,6 +463,7 @@ mod json {
     ) -> Result<(), Invalid> {
         let mut p = Parser {
             s: body,
+            utf8: std::str::from_utf8(body).ok(),
             i: 0,
             max_depth,
         };
@@ -425,6 +476,8 @@ mod json {
 
     struct Parser<'a> {
         s: &'a [u8],
+        /// `s` as text, if it is UTF-8: strings sliced out of it need no validation of their own.
+        utf8: Option<&'a str>,
         i: usize,
         max_depth: usize,
     }
@@ -463,14 +516,20 @@ mod json {
                         if self.peek() != Some(b'"') {
                             return Err(Invalid);
                         }
-                        let key = self.string()?;
+                        let (key, text) = self.string()?;
                         let keep = loc.len();
-                        loc.push('.');
-                        loc.push_str(&String::from_utf8_lossy(&key));
+                        match text {
+                            Some(k) => {
+                                loc.push('.');
+                                loc.push_str(k);
+                            }
+                            None => push_key(loc, &key),
+                        }
                         f(Field {
                             location: loc,
                             raw: &key,
                             kind: FieldKind::Name,
+                            text,
                         });
                         self.ws();
                         if self.peek() != Some(b':') {
@@ -500,9 +559,7 @@ mod json {
                     let mut index = 0usize;
                     loop {
                         let keep = loc.len();
-                        loc.push('[');
-                        loc.push_str(&index.to_string());
-                        loc.push(']');
+                        push_index(loc, index);
                         self.value(loc, depth + 1, f)?;
                         loc.truncate(keep);
                         index += 1;
@@ -544,7 +601,7 @@ mod json {
             depth: usize,
             f: &mut dyn FnMut(Field<'_>),
         ) -> Result<(), Invalid> {
-            let v = self.string()?;
+            let (v, text) = self.string()?;
             let t = v.trim_ascii();
             let nested = matches!(
                 (t.first(), t.last()),
@@ -554,6 +611,10 @@ mod json {
                 let keep = loc.len();
                 let mut inner = Parser {
                     s: t,
+                    utf8: match text {
+                        Some(text) => Some(text.trim_ascii()),
+                        None => std::str::from_utf8(t).ok(),
+                    },
                     i: 0,
                     max_depth: self.max_depth,
                 };
@@ -570,19 +631,24 @@ mod json {
                 location: loc,
                 raw: &v,
                 kind: FieldKind::Value,
+                text,
             });
             Ok(())
         }
 
-        /// A string starting at the opening quote; borrowed unless it has escapes.
-        fn string(&mut self) -> Result<Cow<'a, [u8]>, Invalid> {
+        /// A string starting at the opening quote; borrowed unless it has escapes, and then also as text if
+        /// the document is UTF-8.
+        fn string(&mut self) -> Result<(Cow<'a, [u8]>, Option<&'a str>), Invalid> {
             self.i += 1;
             let start = self.i;
             let s: &'a [u8] = self.s;
             let end = memchr::memchr2(b'"', b'\\', &s[start..]).ok_or(Invalid)? + start;
             if s[end] == b'"' {
                 self.i = end + 1;
-                return Ok(Cow::Borrowed(&s[start..end]));
+                return Ok((
+                    Cow::Borrowed(&s[start..end]),
+                    self.utf8.and_then(|t| t.get(start..end)),
+                ));
             }
             let mut out = s[start..end].to_vec();
             self.i = end;
@@ -590,7 +656,7 @@ mod json {
                 let b = *s.get(self.i).ok_or(Invalid)?;
                 self.i += 1;
                 match b {
-                    b'"' => return Ok(Cow::Owned(out)),
+                    b'"' => return Ok((Cow::Owned(out), None)),
                     b'\\' => {
                         let e = *s.get(self.i).ok_or(Invalid)?;
                         self.i += 1;

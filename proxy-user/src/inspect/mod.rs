@@ -177,14 +177,29 @@ impl<'p> Sink<'p> {
 /// value limits); never panics on any input.
 #[must_use]
 pub fn inspect(req: &RequestView<'_>, policy: &Policy) -> Verdict {
+    inspect_with(req, policy, detect::Prefilter::On)
+}
+
+/// [`inspect`] without its prefilter: every value fully decoded and handed to every detector. Always the same
+/// verdict as [`inspect`], only slower; it exists so that the prefilter can be checked against it (the
+/// property tests, `rasp-proxy eval --check-prefilter`) and its gain measured (the `inspect` bench).
+#[must_use]
+pub fn inspect_exhaustive(req: &RequestView<'_>, policy: &Policy) -> Verdict {
+    inspect_with(req, policy, detect::Prefilter::Off)
+}
+
+fn inspect_with(req: &RequestView<'_>, policy: &Policy, prefilter: detect::Prefilter) -> Verdict {
     let path = req.target.split(['?', '#']).next().unwrap_or("");
     let mut sink = Sink::new(policy, path);
+    let mut scratch = detect::Scratch::default();
     detect::protocol::inspect_framing(req, &mut sink);
     extract::walk(req, policy, &mut |field| {
-        detect::scan_field(&field, policy, &mut sink);
+        detect::scan_field(&field, policy, prefilter, &mut scratch, &mut sink);
     });
     sink.into_verdict()
 }
 
+#[cfg(test)]
+mod prefilter_tests;
 #[cfg(test)]
 mod tests;

@@ -12,7 +12,7 @@ mod xss;
 
 use super::{
     Policy, Sink,
-    decode::{self, Normalized},
+    decode::{self, DecodeFlags, Normalized},
     extract::{Field, FieldKind},
 };
 
@@ -43,6 +43,8 @@ impl Classes {
     pub const OP: u32 = 1 << 19; // + ! ^ ~ > , %
     pub const DIGIT: u32 = 1 << 20;
     pub const ALPHA: u32 = 1 << 21;
+    /// Any byte of a multi-byte UTF-8 character.
+    pub const NON_ASCII: u32 = 1 << 22;
 
     fn of(s: &[u8]) -> Self {
         let mut m = 0;
@@ -86,6 +88,7 @@ const CLASS_TABLE: [u32; 256] = {
             b'+' | b'!' | b'^' | b'~' | b'>' | b',' | b'%' => Classes::OP,
             b'0'..=b'9' => Classes::DIGIT,
             b'a'..=b'z' | b'A'..=b'Z' | b'_' => Classes::ALPHA,
+            0x80..=0xFF => Classes::NON_ASCII,
             _ => 0,
         };
         i += 1;
@@ -148,16 +151,43 @@ fn is_binary(raw: &[u8]) -> bool {
     if MAGIC.iter().any(|m| raw.starts_with(m)) && raw.len() >= 16 {
         return true;
     }
+    if raw.len() < 256 {
+        return false;
+    }
     let head = &raw[..raw.len().min(1024)];
     let control = head
         .iter()
         .filter(|&&b| b < 0x20 && !matches!(b, b'\t' | b'\n' | b'\r' | 0x0C))
         .count();
-    raw.len() >= 256 && control * 20 > head.len()
+    control * 20 > head.len()
+}
+
+/// Whether [`scan_field`] may skip work that provably cannot change the verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Prefilter {
+    /// Values that need no decoding are not copied, and each detector runs only when its trigger (see
+    /// [`triggers`]) holds. What production uses.
+    On,
+    /// Every value through [`decode::normalize`] and every detector: the reference the prefilter is tested
+    /// against.
+    Off,
+}
+
+/// Buffers reused across the fields of one request, so that a value costs no allocation unless decoding
+/// changes it.
+#[derive(Default)]
+pub(crate) struct Scratch {
+    lower: String,
 }
 
 /// Decodes one field and runs the relevant detectors on it.
-pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
+pub(crate) fn scan_field(
+    field: &Field<'_>,
+    policy: &Policy,
+    prefilter: Prefilter,
+    scratch: &mut Scratch,
+    sink: &mut Sink<'_>,
+) {
     if field.kind == FieldKind::XmlDocument {
         expr::scan_xml_document(field, sink);
         return;
@@ -165,16 +195,25 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
     if field.raw.len() < 2 {
         return;
     }
-    if let Some(decoded) = decode::base64_text(field.raw) {
+    // With the prefilter, one pass over the raw bytes answers "can it be base64 text?", "is it plain?" and
+    // "does decoding change it?" at once.
+    let shape = (prefilter == Prefilter::On).then(|| RawShape::of(field.raw));
+    let maybe_base64 = shape.is_none_or(|s| s.maybe_base64_text(field.raw));
+    if maybe_base64 && let Some(decoded) = decode::base64_text(field.raw) {
         // A parameter that is base64 of readable text is read by the application after decoding.
         let inner = Field {
             location: field.location,
             raw: &decoded,
             kind: field.kind,
+            text: None,
         };
-        scan_decoded(&inner, policy, sink);
+        scan_decoded(&inner, policy, prefilter, None, scratch, sink);
     }
-    if is_plain(field.raw) && (field.kind == FieldKind::Name || !cmdi::is_bare_command(field.raw)) {
+    let plain = match shape {
+        Some(s) => s.is_plain(field.raw),
+        None => is_plain(field.raw),
+    };
+    if plain && (field.kind == FieldKind::Name || !cmdi::is_bare_command(field.raw)) {
         return;
     }
     if matches!(field.kind, FieldKind::Body | FieldKind::Value) && is_binary(field.raw) {
@@ -191,11 +230,141 @@ pub(crate) fn scan_field(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>
         expr::scan_code(&v, sink);
         return;
     }
-    scan_decoded(field, policy, sink);
+    scan_decoded(field, policy, prefilter, shape, scratch, sink);
 }
 
-/// The detectors over one field's decoded value.
-fn scan_decoded(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
+/// Facts about a raw value, gathered in one pass of one table: its [`Classes`] (those of its lowercase form
+/// too, since the class table does not tell case apart) and the flags above them.
+#[derive(Clone, Copy)]
+struct RawShape(u32);
+
+impl RawShape {
+    /// A byte [`is_plain`] rejects.
+    const NOT_PLAIN: u32 = 1 << 24;
+    /// A byte outside the base64 alphabets [`decode::base64_text`] accepts.
+    const NOT_BASE64: u32 = 1 << 25;
+    const UPPER: u32 = 1 << 26;
+    const LOWER: u32 = 1 << 27;
+    /// A byte [`decode::normalize`] may change: non-ASCII, `%`, `&`, `\\`, NUL.
+    const DECODES: u32 = 1 << 28;
+    /// `_`, which [`is_plain`] rejects when doubled.
+    const UNDERSCORE: u32 = 1 << 29;
+    const CLASSES: u32 = (1 << 24) - 1;
+
+    fn of(raw: &[u8]) -> Self {
+        Self(raw.iter().fold(0, |m, &b| m | SHAPE_TABLE[usize::from(b)]))
+    }
+
+    const fn has(self, bit: u32) -> bool {
+        self.0 & bit != 0
+    }
+
+    const fn classes(self) -> Classes {
+        Classes(self.0 & Self::CLASSES)
+    }
+
+    /// False only where [`decode::base64_text`] returns `None`: it needs 8 bytes or more, an upper- and a
+    /// lowercase letter, and nothing but its alphabet once ASCII whitespace is trimmed off the ends.
+    fn maybe_base64_text(self, raw: &[u8]) -> bool {
+        let trims = raw.first().is_some_and(u8::is_ascii_whitespace)
+            || raw.last().is_some_and(u8::is_ascii_whitespace);
+        raw.len() >= 8
+            && self.has(Self::UPPER)
+            && self.has(Self::LOWER)
+            && (!self.has(Self::NOT_BASE64) || trims)
+    }
+
+    /// [`is_plain`], from the pass already made.
+    fn is_plain(self, raw: &[u8]) -> bool {
+        let doubled = |c: u8| memchr::memchr_iter(c, raw).any(|i| raw.get(i + 1) == Some(&c));
+        let doubled_dot = self.has(Classes::DOT) && doubled(b'.');
+        let doubled_underscore = self.has(Self::UNDERSCORE) && doubled(b'_');
+        let hidden_file = raw.first() == Some(&b'.') && raw.get(1).is_some_and(u8::is_ascii_alphabetic);
+        !self.has(Self::NOT_PLAIN)
+            && !doubled_dot
+            && !doubled_underscore
+            && !hidden_file
+            && (!self.has(Classes::DIGIT) || !has_hex_separator(raw))
+    }
+}
+
+/// [`CLASS_TABLE`] with the [`RawShape`] flags on top.
+const SHAPE_TABLE: [u32; 256] = {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        #[expect(clippy::cast_possible_truncation, reason = "i < 256")]
+        let b = i as u8;
+        let mut f = CLASS_TABLE[i];
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@')) {
+            f |= RawShape::NOT_PLAIN;
+        }
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=' | b'-' | b'_')) {
+            f |= RawShape::NOT_BASE64;
+        }
+        if b.is_ascii_uppercase() {
+            f |= RawShape::UPPER;
+        }
+        if b.is_ascii_lowercase() {
+            f |= RawShape::LOWER;
+        }
+        if !b.is_ascii() || matches!(b, b'%' | b'&' | b'\\' | 0) {
+            f |= RawShape::DECODES;
+        }
+        if b == b'_' {
+            f |= RawShape::UNDERSCORE;
+        }
+        t[i] = f;
+        i += 1;
+    }
+    t
+};
+
+/// The detectors over one field's decoded value. `shape` is the raw value's, when already computed.
+fn scan_decoded(
+    field: &Field<'_>,
+    policy: &Policy,
+    prefilter: Prefilter,
+    shape: Option<RawShape>,
+    scratch: &mut Scratch,
+    sink: &mut Sink<'_>,
+) {
+    let shape = match (prefilter, shape) {
+        (Prefilter::Off, _) => None,
+        (Prefilter::On, Some(s)) => Some(s),
+        (Prefilter::On, None) => Some(RawShape::of(field.raw)),
+    };
+    if let Some(shape) = shape
+        && !shape.has(RawShape::DECODES)
+        && field.raw.len() <= policy.max_value_bytes
+        && let Some(text) = field.text.or_else(|| std::str::from_utf8(field.raw).ok())
+    {
+        // `normalize` would return `text` itself (see `decode::unchanged_by_normalize`): skip its copies,
+        // lowercase into the reused buffer (or not at all), and the flags are all clear.
+        let lower = if shape.has(RawShape::UPPER) {
+            scratch.lower.clear();
+            scratch.lower.push_str(text);
+            scratch.lower.make_ascii_lowercase();
+            scratch.lower.as_str()
+        } else {
+            text
+        };
+        let v = Value {
+            location: field.location,
+            kind: field.kind,
+            text,
+            lower,
+            classes: shape.classes(),
+        };
+        debug_assert_eq!(v.classes.0, Classes::of(lower.as_bytes()).0);
+        run_detectors(
+            &v,
+            DecodeFlags::default(),
+            triggers(&v, DecodeFlags::default()),
+            sink,
+        );
+        return;
+    }
     let Normalized { text, lower, flags } = decode::normalize(field.raw, policy.max_value_bytes);
     let v = Value {
         location: field.location,
@@ -204,21 +373,509 @@ fn scan_decoded(field: &Field<'_>, policy: &Policy, sink: &mut Sink<'_>) {
         lower: &lower,
         classes: Classes::of(lower.as_bytes()),
     };
-    protocol::decode_anomalies(&v, flags, sink);
+    // Only decoding can turn a value into a lone `<`: the probe is looked for here, not in the fast path.
     xss::encoded_markup_probe(&v, field.raw, sink);
-    protocol::crlf(&v, sink);
-    if field.kind == FieldKind::UserAgent {
-        protocol::scanner(&v, sink);
+    let run = match prefilter {
+        Prefilter::On => triggers(&v, flags),
+        Prefilter::Off => Detectors::ALL,
+    };
+    run_detectors(&v, flags, run, sink);
+}
+
+/// A set of detectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Detectors(u16);
+
+impl Detectors {
+    const DECODE_ANOMALIES: Self = Self(1);
+    const CRLF: Self = Self(1 << 1);
+    const SCANNER: Self = Self(1 << 2);
+    const SQLI: Self = Self(1 << 3);
+    const XSS: Self = Self(1 << 4);
+    const CMDI: Self = Self(1 << 5);
+    const TRAVERSAL: Self = Self(1 << 6);
+    const SSRF: Self = Self(1 << 7);
+    const JNDI: Self = Self(1 << 8);
+    const EXPR: Self = Self(1 << 9);
+    const NONE: Self = Self(0);
+    const ALL: Self = Self(u16::MAX);
+
+    const fn has(self, d: Self) -> bool {
+        self.0 & d.0 != 0
     }
-    sqli::scan(&v, sink);
-    xss::scan(&v, sink);
-    cmdi::scan(&v, sink);
-    traversal::scan(&v, sink);
-    if field.kind != FieldKind::Referer {
-        ssrf::scan(&v, sink);
+
+    fn add_if(&mut self, d: Self, cond: bool) {
+        if cond {
+            self.0 |= d.0;
+        }
     }
-    jndi::scan(&v, sink);
-    expr::scan(&v, sink);
+}
+
+/// The dispatch. Kind rules (which detector applies to which field kind) are part of the detection logic and
+/// hold whatever `run` says; `run` only removes detectors that [`triggers`] proved silent.
+fn run_detectors(v: &Value<'_>, flags: DecodeFlags, run: Detectors, sink: &mut Sink<'_>) {
+    if run.has(Detectors::DECODE_ANOMALIES) {
+        protocol::decode_anomalies(v, flags, sink);
+    }
+    if run.has(Detectors::CRLF) {
+        protocol::crlf(v, sink);
+    }
+    if run.has(Detectors::SCANNER) && v.kind == FieldKind::UserAgent {
+        protocol::scanner(v, sink);
+    }
+    if run.has(Detectors::SQLI) {
+        sqli::scan(v, sink);
+    }
+    if run.has(Detectors::XSS) {
+        xss::scan(v, sink);
+    }
+    if run.has(Detectors::CMDI) {
+        cmdi::scan(v, sink);
+    }
+    if run.has(Detectors::TRAVERSAL) {
+        traversal::scan(v, sink);
+    }
+    if run.has(Detectors::SSRF) && v.kind != FieldKind::Referer {
+        ssrf::scan(v, sink);
+    }
+    if run.has(Detectors::JNDI) {
+        jndi::scan(v, sink);
+    }
+    if run.has(Detectors::EXPR) {
+        expr::scan(v, sink);
+    }
+}
+
+/// The prefilter: the detectors that can possibly report on `v`. Each condition below is *necessary* for its
+/// detector to report anything, read off the detector's code: a detector left out cannot produce a finding.
+/// The conditions only use facts about `v` the detector itself sees (its decoded, lowercased text): its
+/// [`Classes`] (computed anyway) and at most one walk of [`PREFILTER_DFA`].
+///
+/// Keeping this true is a duty of whoever changes a detector: a new rule whose trigger is not covered here
+/// must widen its detector's condition (the copied lists below, [`SQL_WORDS`] and [`NEEDLES`], name the
+/// detector list each comes from). The property tests `prefilter_is_conservative_per_field` and
+/// `…_per_request` (over strings generated from the detectors' own regexes and literals, read from their
+/// source files, and attack characters), `rasp-proxy eval --check-prefilter`, and a diff of
+/// `rasp-proxy eval --verdicts` before and after catch a condition that became too narrow.
+fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
+    let c = v.classes;
+    let mut run = Detectors::NONE;
+    // decode_anomalies: reports only on one of the decoding flags.
+    run.add_if(Detectors::DECODE_ANOMALIES, flags != DecodeFlags::default());
+    // crlf: returns unless the value has a `:` and a CR/LF, or one of four non-ASCII characters it folds to
+    // CR/LF.
+    run.add_if(
+        Detectors::CRLF,
+        c.any(Classes::COLON) && c.any(Classes::NEWLINE | Classes::NON_ASCII),
+    );
+    // scanner: user agents only, whatever they contain (one value per request).
+    run.add_if(Detectors::SCANNER, v.kind == FieldKind::UserAgent);
+    // jndi: returns unless the value has `$` and a brace (it then looks for `${`).
+    run.add_if(Detectors::JNDI, c.any(Classes::DOLLAR) && c.any(Classes::BRACE));
+
+    // sqli: skips the Referer, and returns unless a trigger class or whitespace is present and
+    // `could_be_sql` holds: a quote, `#` or `@`, `--` or `/*`, or one of its SQL words bounded by non-word
+    // bytes. All of its rules, libinjection included, run after that check.
+    let sqli_gate = v.kind != FieldKind::Referer && c.any(SQLI_TRIGGERS | Classes::SPACE);
+    let sqli_by_class = sqli_gate && c.any(Classes::QUOTE | Classes::HASH | Classes::AT);
+    // xss, rule by rule: libinjection needs `<`, or `=` with a quote or an `on…=` handler (which contains
+    // `on`); tags and processing instructions need `<`; `attribute_break` needs a quote and `=`; `template`
+    // needs a brace. Then, with needles: `script_uri` needs `:` and either a literal `…script:` or a value
+    // whose first visible character starts `javascript:`, `vbscript:`, `livescript:` or `data:` (it
+    // compares prefixes after dropping whitespace and control characters); `js` needs `(`, a quote or `.`,
+    // and one of its sink literals; `js_call` needs `(`, a backtick or a quote, and its regex needs `[`,
+    // `source`, `alert`, `confirm`, `prompt` or `document` in every alternative.
+    let xss_by_class = c.any(Classes::LT | Classes::BRACE)
+        || c.any(Classes::EQ) && (c.any(Classes::QUOTE) || has_on(v.lower.as_bytes()))
+        || c.any(Classes::COLON)
+            && v.lower
+                .chars()
+                .find(|ch| !ch.is_whitespace() && !ch.is_control())
+                .is_some_and(|ch| matches!(ch, 'j' | 'v' | 'l' | 'd'));
+    // cmdi: shellshock needs `(` and `{`; chained commands need a separator or substitution character (its
+    // own first check); `shell_path` needs `/` and one of its literals, all of which contain `/bin/`,
+    // `/dev/`, `cmd` or `powershell`.
+    // `direct_command` needs the value (past whitespace and quotes) to start with a letter, in a field that is
+    // not a parameter name unless it has a space; an escaped line break (`\n`) needs a backslash.
+    let first_letter = v
+        .lower
+        .trim_start_matches(|ch: char| ch.is_ascii_whitespace() || matches!(ch, '\'' | '"' | '`'))
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphabetic);
+    let cmdi_by_class = c.any(Classes::PAREN) && c.any(Classes::BRACE)
+        || c.any(
+            Classes::SEMI
+                | Classes::PIPE
+                | Classes::AMP
+                | Classes::NEWLINE
+                | Classes::BACKTICK
+                | Classes::DOLLAR,
+        )
+        || first_letter && (v.kind != FieldKind::Name || c.any(Classes::SPACE))
+        || c.any(Classes::SLASH) && (v.lower.contains("\\n") || v.lower.contains("\\r"));
+    // traversal: returns unless `/`, `\`, `.` or `:`; then every rule needs `..`, or a sensitive file or
+    // directory name, or a stream wrapper, in the value after it un-mangles `0x2f`-style and split-percent
+    // separators. With no `0x` and no `%` that is the value itself (with `\` as `/`), and each of its file
+    // names, path-name pairs and wrappers contains one of the `TRAVERSAL` needles, none of which has a
+    // separator in it.
+    // It also reads garbled separators: `%` (class OP), `0x` (a digit) and undecodable bytes (non-ASCII) each
+    // stand for `/`, so those classes open the gate too; a needle is still required.
+    let traversal_gate = c.any(
+        Classes::SLASH | Classes::DOT | Classes::COLON | Classes::OP | Classes::DIGIT | Classes::NON_ASCII,
+    );
+    // ssrf: returns unless `:` and `/`; every rule is about a `://` it finds.
+    let ssrf_gate = c.any(Classes::COLON) && c.any(Classes::SLASH);
+    // expr: its rules gate on `<`, `(`, braces, `#`, `$` or a newline; the Java, Node.js and prototype
+    // regexes gate on `.`, and each alternative of theirs needs one of the `EXPR_DOTTED` literals; the
+    // markers and `__proto__` are literals.
+    let expr_by_class = c.any(
+        Classes::LT | Classes::PAREN | Classes::BRACE | Classes::HASH | Classes::DOLLAR | Classes::NEWLINE,
+    );
+
+    // Only needle groups that can still change a decision are looked for.
+    let mut wanted = Needle::NONE;
+    wanted.add_if(Needle::SQL, sqli_gate && !sqli_by_class);
+    if !xss_by_class {
+        wanted.add_if(Needle::SCRIPT_SCHEME, c.any(Classes::COLON));
+        wanted.add_if(
+            Needle::JS_SINK,
+            c.any(Classes::PAREN | Classes::QUOTE | Classes::DOT),
+        );
+        wanted.add_if(
+            Needle::JS_CALL,
+            c.any(Classes::PAREN | Classes::BACKTICK | Classes::QUOTE),
+        );
+    }
+    wanted.add_if(Needle::SHELL_PATH, !cmdi_by_class && c.any(Classes::SLASH));
+    wanted.add_if(Needle::TRAVERSAL, traversal_gate);
+    wanted.add_if(Needle::URL, ssrf_gate);
+    if !expr_by_class {
+        wanted.add_if(Needle::EXPR_DOTTED, c.any(Classes::DOT));
+        wanted.add_if(Needle::EXPR, true);
+    }
+    let found = needles_in(v.lower, wanted);
+
+    run.add_if(Detectors::SQLI, sqli_by_class || found.has(Needle::SQL));
+    run.add_if(
+        Detectors::XSS,
+        xss_by_class || found.has(Needle::SCRIPT_SCHEME | Needle::JS_SINK | Needle::JS_CALL),
+    );
+    run.add_if(Detectors::CMDI, cmdi_by_class || found.has(Needle::SHELL_PATH));
+    run.add_if(Detectors::TRAVERSAL, found.has(Needle::TRAVERSAL));
+    run.add_if(Detectors::SSRF, found.has(Needle::URL));
+    run.add_if(
+        Detectors::EXPR,
+        expr_by_class || found.has(Needle::EXPR_DOTTED | Needle::EXPR),
+    );
+    run
+}
+
+/// Whether `on` occurs: one `memchr` per `o`, no searcher built for a two-byte needle.
+fn has_on(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'o', b).any(|i| b.get(i + 1) == Some(&b'n'))
+}
+
+/// The characters `sqli` gates on (its `TRIGGERS`).
+const SQLI_TRIGGERS: u32 = Classes::QUOTE
+    | Classes::PAREN
+    | Classes::SEMI
+    | Classes::HASH
+    | Classes::DASH
+    | Classes::STAR
+    | Classes::EQ
+    | Classes::AT
+    | Classes::OP
+    | Classes::PIPE
+    | Classes::AMP
+    | Classes::LT
+    | Classes::SLASH;
+
+/// Groups of literals the prefilter looks for, as bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Needle(u16);
+
+impl Needle {
+    /// `sqli`'s SQL words (whole words only) and comment openers.
+    const SQL: Self = Self(1);
+    const SCRIPT_SCHEME: Self = Self(1 << 1);
+    const JS_SINK: Self = Self(1 << 2);
+    const JS_CALL: Self = Self(1 << 3);
+    const SHELL_PATH: Self = Self(1 << 4);
+    const TRAVERSAL: Self = Self(1 << 5);
+    const URL: Self = Self(1 << 6);
+    const EXPR_DOTTED: Self = Self(1 << 7);
+    const EXPR: Self = Self(1 << 8);
+
+    const NONE: Self = Self(0);
+
+    /// Whether any group of `n` is in the set.
+    const fn has(self, n: Self) -> bool {
+        self.0 & n.0 != 0
+    }
+
+    fn add_if(&mut self, n: Self, cond: bool) {
+        if cond {
+            self.0 |= n.0;
+        }
+    }
+}
+
+impl std::ops::BitOr for Needle {
+    type Output = Self;
+
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
+    }
+}
+
+/// `sqli`'s `SQL_WORDS`: matched as whole words, as it does.
+const SQL_WORDS: &[&str] = &[
+    "select",
+    "union",
+    "insert",
+    "update",
+    "delete",
+    "drop",
+    "truncate",
+    "alter",
+    "exec",
+    "execute",
+    "declare",
+    "sleep",
+    "benchmark",
+    "waitfor",
+    "pg_sleep",
+    "or",
+    "and",
+    "xor",
+    "having",
+    "procedure",
+    "rlike",
+    "regexp",
+    "div",
+    "exists",
+    "concat",
+    "database",
+    "information_schema",
+    "shutdown",
+    "load_file",
+    "outfile",
+    "dumpfile",
+    "current_user",
+    "system_user",
+    "ascii",
+    "substring",
+    "substr",
+    "unhex",
+];
+
+/// The other literals, each with its group.
+const NEEDLES: &[(&str, Needle)] = &[
+    ("--", Needle::SQL),
+    ("/*", Needle::SQL),
+    ("script:", Needle::SCRIPT_SCHEME),
+    // xss `SINKS`.
+    ("alert(", Needle::JS_SINK),
+    ("alert`", Needle::JS_SINK),
+    ("prompt(", Needle::JS_SINK),
+    ("prompt`", Needle::JS_SINK),
+    ("confirm(", Needle::JS_SINK),
+    ("confirm`", Needle::JS_SINK),
+    ("eval(", Needle::JS_SINK),
+    ("document.cookie", Needle::JS_SINK),
+    ("document.domain", Needle::JS_SINK),
+    ("document.write", Needle::JS_SINK),
+    ("fromcharcode(", Needle::JS_SINK),
+    ("window.location", Needle::JS_SINK),
+    (".innerhtml", Needle::JS_SINK),
+    ("settimeout(", Needle::JS_SINK),
+    ("setinterval(", Needle::JS_SINK),
+    ("atob(", Needle::JS_SINK),
+    ("print(", Needle::JS_SINK),
+    ("top[", Needle::JS_SINK),
+    ("window[", Needle::JS_SINK),
+    ("self[", Needle::JS_SINK),
+    ("parent[", Needle::JS_SINK),
+    ("constructor(", Needle::JS_SINK),
+    ("import(", Needle::JS_SINK),
+    // xss `JS_CALL_RE`.
+    ("[", Needle::JS_CALL),
+    ("source", Needle::JS_CALL),
+    ("alert", Needle::JS_CALL),
+    ("confirm", Needle::JS_CALL),
+    ("prompt", Needle::JS_CALL),
+    ("document", Needle::JS_CALL),
+    // cmdi `shell_path`.
+    ("/bin/", Needle::SHELL_PATH),
+    ("/dev/", Needle::SHELL_PATH),
+    ("cmd", Needle::SHELL_PATH),
+    ("powershell", Needle::SHELL_PATH),
+    // traversal: `..`, the un-mangling triggers, pieces of `SENSITIVE`, `UNMISTAKABLE`, `SENSITIVE_PAIRS`
+    // and `WRAPPERS`.
+    ("..", Needle::TRAVERSAL),
+    ("?.", Needle::TRAVERSAL),
+    ("0x", Needle::TRAVERSAL),
+    ("%", Needle::TRAVERSAL),
+    ("etc", Needle::TRAVERSAL),
+    ("proc", Needle::TRAVERSAL),
+    ("self", Needle::TRAVERSAL),
+    ("win", Needle::TRAVERSAL),
+    ("boot", Needle::TRAVERSAL),
+    ("system", Needle::TRAVERSAL),
+    ("web-inf", Needle::TRAVERSAL),
+    ("meta-inf", Needle::TRAVERSAL),
+    (".ht", Needle::TRAVERSAL),
+    ("history", Needle::TRAVERSAL),
+    ("id_rsa", Needle::TRAVERSAL),
+    ("authorized_keys", Needle::TRAVERSAL),
+    (".git", Needle::TRAVERSAL),
+    (".svn", Needle::TRAVERSAL),
+    ("wp-config", Needle::TRAVERSAL),
+    ("var", Needle::TRAVERSAL),
+    ("usr", Needle::TRAVERSAL),
+    ("inetpub", Needle::TRAVERSAL),
+    ("autoexec", Needle::TRAVERSAL),
+    ("config", Needle::TRAVERSAL),
+    ("php.ini", Needle::TRAVERSAL),
+    ("my.cnf", Needle::TRAVERSAL),
+    ("httpd", Needle::TRAVERSAL),
+    (".env", Needle::TRAVERSAL),
+    ("localstart", Needle::TRAVERSAL),
+    ("sam", Needle::TRAVERSAL),
+    ("ntuser", Needle::TRAVERSAL),
+    ("c$", Needle::TRAVERSAL),
+    ("admin$", Needle::TRAVERSAL),
+    ("php:", Needle::TRAVERSAL),
+    ("zip:", Needle::TRAVERSAL),
+    ("phar:", Needle::TRAVERSAL),
+    ("expect:", Needle::TRAVERSAL),
+    ("glob:", Needle::TRAVERSAL),
+    ("data:", Needle::TRAVERSAL),
+    ("zlib:", Needle::TRAVERSAL),
+    ("jar:", Needle::TRAVERSAL),
+    ("ogg:", Needle::TRAVERSAL),
+    ("ssh2.", Needle::TRAVERSAL),
+    ("rar:", Needle::TRAVERSAL),
+    // ssrf.
+    ("://", Needle::URL),
+    // expr `JAVA_RE`, `NODE_RE` and `PROTO_RE` alternatives that need no class of their own.
+    ("java", Needle::EXPR_DOTTED),
+    ("getruntime", Needle::EXPR_DOTTED),
+    ("processbuilder", Needle::EXPR_DOTTED),
+    ("forname", Needle::EXPR_DOTTED),
+    ("getclass", Needle::EXPR_DOTTED),
+    ("xwork2", Needle::EXPR_DOTTED),
+    ("ognl", Needle::EXPR_DOTTED),
+    ("exec", Needle::EXPR_DOTTED),
+    ("scriptenginemanager", Needle::EXPR_DOTTED),
+    ("com.sun", Needle::EXPR_DOTTED),
+    ("commons", Needle::EXPR_DOTTED),
+    ("mchange", Needle::EXPR_DOTTED),
+    ("templatesimpl", Needle::EXPR_DOTTED),
+    ("jdbcrowsetimpl", Needle::EXPR_DOTTED),
+    ("bsh.", Needle::EXPR_DOTTED),
+    ("groovy", Needle::EXPR_DOTTED),
+    ("require", Needle::EXPR_DOTTED),
+    ("process", Needle::EXPR_DOTTED),
+    ("constructor", Needle::EXPR_DOTTED),
+    // expr: `__proto__` (checked without a class) and `MARKERS`.
+    ("__proto__", Needle::EXPR),
+    ("aced0005", Needle::EXPR),
+    ("ro0ab", Needle::EXPR),
+    ("+adw-", Needle::EXPR),
+    ("+ad4-", Needle::EXPR),
+    ("+aci-", Needle::EXPR),
+    ("+acc-", Needle::EXPR),
+    ("!!python/", Needle::EXPR),
+    ("!!java", Needle::EXPR),
+    ("!!ruby/", Needle::EXPR),
+    ("!!perl/", Needle::EXPR),
+    ("!!php/", Needle::EXPR),
+    ("tag:yaml.org,2002:python", Needle::EXPR),
+    ("[#post_render]", Needle::EXPR),
+    ("[#pre_render]", Needle::EXPR),
+    ("[#lazy_builder]", Needle::EXPR),
+    ("[#access_callback]", Needle::EXPR),
+    ("#post_render[", Needle::EXPR),
+    ("#lazy_builder[", Needle::EXPR),
+    ("--open-files-in-pager=", Needle::EXPR),
+    ("--upload-pack=", Needle::EXPR),
+    ("--receive-pack=", Needle::EXPR),
+    ("-oproxycommand", Needle::EXPR),
+    ("core.sshcommand=", Needle::EXPR),
+    ("--exec=", Needle::EXPR),
+    ("--checkpoint-action=exec", Needle::EXPR),
+    ("__schema", Needle::EXPR),
+];
+
+/// All the prefilter's literals in one DFA: [`SQL_WORDS`] first, then [`NEEDLES`]. Standard match semantics,
+/// so that walking it reports every occurrence of every literal (see [`needles_in`]).
+static PREFILTER_DFA: std::sync::LazyLock<Option<aho_corasick::dfa::DFA>> = std::sync::LazyLock::new(|| {
+    let all = SQL_WORDS.iter().copied().chain(NEEDLES.iter().map(|(n, _)| *n));
+    aho_corasick::dfa::DFA::builder()
+        .match_kind(aho_corasick::MatchKind::Standard)
+        .prefilter(false)
+        .build(all)
+        .ok()
+});
+
+/// Which of the `wanted` needle groups occur in `lower`, in one walk of [`PREFILTER_DFA`] that stops once all
+/// of them have been seen (no walk at all when none is wanted). Groups not wanted may be missing from the
+/// answer. An unbuildable automaton (ruled out by the tests) reports every group.
+///
+/// The walk is the textbook overlapping search, one transition per byte: every match state reached reports
+/// every literal ending there, so no occurrence can hide behind another (which a leftmost search would
+/// allow, and a prefilter cannot afford).
+fn needles_in(lower: &str, wanted: Needle) -> Needle {
+    use aho_corasick::{Anchored, automaton::Automaton as _};
+    if wanted == Needle::NONE {
+        return Needle::NONE;
+    }
+    let Some(dfa) = PREFILTER_DFA.as_ref() else {
+        return Needle(u16::MAX);
+    };
+    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+        return Needle(u16::MAX);
+    };
+    let b = lower.as_bytes();
+    let is_word = |ch: u8| ch.is_ascii_alphanumeric() || ch == b'_';
+    let mut found = Needle::NONE;
+    for (at, &byte) in b.iter().enumerate() {
+        sid = dfa.next_state(Anchored::No, sid, byte);
+        if !dfa.is_special(sid) {
+            continue;
+        }
+        if !dfa.is_match(sid) {
+            // A dead state: an unanchored search never reaches one, but if it did nothing more could match.
+            if dfa.is_dead(sid) {
+                break;
+            }
+            continue;
+        }
+        let end = at + 1;
+        for i in 0..dfa.match_len(sid) {
+            let pid = dfa.match_pattern(sid, i);
+            let group = if pid.as_usize() < SQL_WORDS.len() {
+                let start = end - dfa.pattern_len(pid);
+                let bounded =
+                    (start == 0 || !is_word(b[start - 1])) && b.get(end).is_none_or(|&ch| !is_word(ch));
+                if !bounded {
+                    continue;
+                }
+                Needle::SQL
+            } else {
+                NEEDLES
+                    .get(pid.as_usize() - SQL_WORDS.len())
+                    .map_or(Needle(u16::MAX), |(_, g)| *g)
+            };
+            found = found | group;
+        }
+        if found.0 & wanted.0 == wanted.0 {
+            break;
+        }
+    }
+    found
 }
 
 /// A short excerpt around byte `at` of `text`, on char boundaries.
@@ -260,4 +917,31 @@ pub(crate) fn run_start(s: &str, at: usize, keep: impl Fn(u8) -> bool) -> usize 
         i -= 1;
     }
     i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_flags_agree_with_the_functions_they_stand_for() {
+        for b in 0..=255u8 {
+            let two = [b, b'a'];
+            let shape = RawShape::of(&two);
+            assert_eq!(
+                !shape.has(RawShape::DECODES),
+                decode::unchanged_by_normalize(&two, 16).is_some(),
+                "byte {b:#x}"
+            );
+            assert_eq!(shape.is_plain(&two), is_plain(&two), "byte {b:#x}");
+            assert_eq!(shape.classes().0, Classes::of(&two).0, "byte {b:#x}");
+            let doubled = [b, b];
+            assert_eq!(
+                RawShape::of(&doubled).is_plain(&doubled),
+                is_plain(&doubled),
+                "byte {b:#x}"
+            );
+        }
+        assert!(PREFILTER_DFA.is_some());
+    }
 }

@@ -144,8 +144,20 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
             sink.report(&PATH_ESCAPE, v.location, excerpt(v.text, 0));
         }
     }
-    let unmangled = unmangle_separators(v.lower);
-    let lower: &str = &unmangled;
+    let unmangled = unmangle_separators(v.lower, false);
+    scan_path_text(v, &unmangled, sink);
+    // Garbled escapes read as separators can also eat a name (`%%passwd`): both readings are checked.
+    if v.lower.contains(['%', char::REPLACEMENT_CHARACTER]) {
+        let garbled = unmangle_separators(v.lower, true);
+        if garbled != unmangled {
+            scan_path_text(v, &garbled, sink);
+        }
+    }
+}
+
+/// The path rules over one reading of the value (see [`unmangle_separators`]).
+fn scan_path_text(v: &Value<'_>, lower: &str, sink: &mut Sink<'_>) {
+    let c = v.classes;
     let s = lower.as_bytes();
     let mut hops = 0;
     let mut first = None;
@@ -282,7 +294,7 @@ fn find_sensitive(lower: &str) -> Option<usize> {
 /// decoders still turned into separators (`%c0%qf`, `%c1%pc`: `%qf` survives every decoder as text) and bytes
 /// that were not UTF-8 at all. Only dots and separators are restored, and only for this detector: a garbled
 /// escape or an undecodable byte between `..` and a directory name is a separator to the server it targets.
-fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
+fn unmangle_separators(lower: &str, garbled: bool) -> std::borrow::Cow<'_, str> {
     if !lower.contains("0x")
         && !lower.contains('%')
         && !lower.contains(char::REPLACEMENT_CHARACTER)
@@ -304,7 +316,7 @@ fn unmangle_separators(lower: &str) -> std::borrow::Cow<'_, str> {
             out = out.replace(from, to);
         }
     }
-    if out.contains('%') || out.contains(char::REPLACEMENT_CHARACTER) {
+    if garbled && (out.contains('%') || out.contains(char::REPLACEMENT_CHARACTER)) {
         out = garbled_to_separator(&out);
     }
     if out.contains("?.") {
