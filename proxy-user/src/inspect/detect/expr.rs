@@ -89,23 +89,23 @@ const SSI: Rule = Rule {
 };
 
 static PHP_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\b(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|phpversion|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*(?:['\x22$]|\)|\w+\s*\()|\$_(?:get|post|request|cookie|server|files|env)\s*\[|\{\s*\$\{\s*[a-z_]\w*\s*\(")
+    Regex::new(r"(?-u:\b)(?:system|passthru|shell_exec|exec|phpinfo|base64_decode|assert|eval|proc_open|popen|pcntl_exec|file_put_contents|file_get_contents|fopen|readfile|include|include_once|require|require_once|call_user_func|call_user_func_array|create_function|preg_replace|highlight_file|show_source|php_uname|phpversion|getcwd|scandir|unlink|fwrite|chr)\s*\(\s*(?:['\x22$]|\)|\w+\s*\()|\$_(?:get|post|request|cookie|server|files|env)\s*\[|\{\s*\$\{\s*[a-z_]\w*\s*\(")
         .ok()
 });
 static PHP_OBJECT_RE: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r#"\b[oc]:\d+:"[\w\\]+":\d+:\{"#).ok());
+    LazyLock::new(|| Regex::new(r#"(?-u:\b)[oc]:\d+:"[\w\\]+":\d+:\{"#).ok());
 static JAVA_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"java\.lang\.(?:runtime|processbuilder|system|class|reflect)|getruntime\s*\(|processbuilder\s*\(|class\.forname\s*\(|#_memberaccess|#context\s*\[|%\{\s*[#(@]|\$\{\s*[#@(]|\bt\s*\(\s*java\.|new\s+java\.|@java\.lang|\.getclass\s*\(\s*\)\s*\.|xwork2\.|ognl\.|\$\{\s*(?:script|spring|applicationscope|pagecontext|facescontext|request\.getsession)|\.exec\s*\(\s*['\x22]|javax\.script|scriptenginemanager|com\.sun\.|org\.apache\.commons\.collections|com\.mchange\.v2|templatesimpl|jdbcrowsetimpl|bsh\.interpreter|groovy\.lang")
+    Regex::new(r"java\.lang\.(?:runtime|processbuilder|system|class|reflect)|getruntime\s*\(|processbuilder\s*\(|class\.forname\s*\(|#_memberaccess|#context\s*\[|%\{\s*[#(@]|\$\{\s*[#@(]|(?-u:\b)t\s*\(\s*java\.|new\s+java\.|@java\.lang|\.getclass\s*\(\s*\)\s*\.|xwork2\.|ognl\.|\$\{\s*(?:script|spring|applicationscope|pagecontext|facescontext|request\.getsession)|\.exec\s*\(\s*['\x22]|javax\.script|scriptenginemanager|com\.sun\.|org\.apache\.commons\.collections|com\.mchange\.v2|templatesimpl|jdbcrowsetimpl|bsh\.interpreter|groovy\.lang")
         .ok()
 });
 static NODE_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"require\s*\(\s*['\x22`](?:child_process|fs|net|vm|os)['\x22`]\s*\)|child_process|process\.mainmodule|process\.binding|global\.process|\bprocess\.env\b|module\.constructor|\.constructor\s*\(\s*['\x22`]return|this\.constructor\.constructor|_load\s*\(\s*['\x22]|\bexecsync\s*\(|\bspawnsync\s*\(")
+    Regex::new(r"require\s*\(\s*['\x22`](?:child_process|fs|net|vm|os)['\x22`]\s*\)|child_process|process\.mainmodule|process\.binding|global\.process|(?-u:\b)process\.env(?-u:\b)|module\.constructor|\.constructor\s*\(\s*['\x22`]return|this\.constructor\.constructor|_load\s*\(\s*['\x22]|(?-u:\b)execsync\s*\(|(?-u:\b)spawnsync\s*\(")
         .ok()
 });
 static PROTO_RE: LazyLock<Option<Regex>> =
     LazyLock::new(|| Regex::new(r"__proto__|constructor\s*(?:\.|\[\s*['\x22]?)\s*prototype").ok());
 static SSTI_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\$\{\s*\d+\s*[*+]\s*\d+\s*\}|#\{\s*\d+\s*\*\s*\d+\s*\}|<%=?\s*\d+\s*\*\s*\d+\s*%>|\{\{\s*\d+\s*[-+*/%]\s*\d+\s*\}\}|\{\{.*(?:__\s*(?:class|mro|subclasses|globals|builtins|import|base)\s*__|config\.items|self\._|request\.application|lipsum|cycler|joiner|namespace)|\{%\s*(?:import|include|set|for|if|debug|php|exec)\b|<#assign|freemarker\.template|\$\{\s*(?:class|object)\.|#set\s*\(\s*\$|\*\{\s*t\s*\(|\{php\}|\{\$smarty")
+    Regex::new(r"\$\{\s*\d+\s*[*+]\s*\d+\s*\}|#\{\s*\d+\s*\*\s*\d+\s*\}|<%=?\s*\d+\s*\*\s*\d+\s*%>|\{\{\s*\d+\s*[-+*/%]\s*\d+\s*\}\}|\{\{.*(?:__\s*(?:class|mro|subclasses|globals|builtins|import|base)\s*__|config\.items|self\._|request\.application|lipsum|cycler|joiner|namespace)|\{%\s*(?:import|include|set|for|if|debug|php|exec)(?-u:\b)|<#assign|freemarker\.template|\$\{\s*(?:class|object)\.|#set\s*\(\s*\$|\*\{\s*t\s*\(|\{php\}|\{\$smarty")
         .ok()
 });
 
@@ -147,11 +147,11 @@ static LDAP_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 /// A line break followed by an SMTP or IMAP command: the value is being written into a mail session.
 static MAIL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"[\r\n]\s*(?:(?:[A-Z]\d{1,4}\s+)?(?:CAPABILITY|FETCH|LOGIN|LOGOUT|SELECT|EXAMINE|APPEND|STORE|UID|LIST|NOOP|AUTHENTICATE)\b|(?:RCPT\s+TO|MAIL\s+FROM)\s*:|(?:QUIT|DATA|HELO|EHLO|RSET|VRFY|EXPN)\s*(?:[\r\n]|$))").ok()
+    Regex::new(r"[\r\n]\s*(?:(?:[A-Z]\d{1,4}\s+)?(?:CAPABILITY|FETCH|LOGIN|LOGOUT|SELECT|EXAMINE|APPEND|STORE|UID|LIST|NOOP|AUTHENTICATE)(?-u:\b)|(?:RCPT\s+TO|MAIL\s+FROM)\s*:|(?:QUIT|DATA|HELO|EHLO|RSET|VRFY|EXPN)\s*(?:[\r\n]|$))").ok()
 });
 /// `MongoDB` query operators and server-side JavaScript.
 static NOSQL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r#"\$(?:where|ne|gt|gte|lt|lte|regex|nin|in|or|and|not|nor|exists|expr|function|accumulator)\b\s*['"]?\s*:|\bdb\s*\.\s*\w+\s*\.\s*(?:insert|find|update|remove|drop|aggregate)\w*\s*\(|\bdo\s*\{[^}]{0,200}\}\s*while\s*\(|\bsleep\s*\(\s*\d{3,}\s*\)|\[\s*\$(?:ne|gt|regex|where)\s*\]"#).ok()
+    Regex::new(r#"\$(?:where|ne|gt|gte|lt|lte|regex|nin|in|or|and|not|nor|exists|expr|function|accumulator)(?-u:\b)\s*['"]?\s*:|(?-u:\b)db\s*\.\s*\w+\s*\.\s*(?:insert|find|update|remove|drop|aggregate)\w*\s*\(|(?-u:\b)do\s*\{[^}]{0,200}\}\s*while\s*\(|(?-u:\b)sleep\s*\(\s*\d{3,}\s*\)|\[\s*\$(?:ne|gt|regex|where)\s*\]"#).ok()
 });
 
 pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {

@@ -102,35 +102,35 @@ const TRIGGERS: u32 = Classes::QUOTE
 
 static TIME_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r"\b(?:sleep|pg_sleep|benchmark)\s*\(\s*[\d(]|\bwaitfor\s+(?:delay|time)\s+'|\bdbms_pipe\s*\.\s*receive_message\s*\(|\bdbms_lock\s*\.\s*sleep\s*\(|\brandomblob\s*\(\s*\d{6,}",
+        r"(?-u:\b)(?:sleep|pg_sleep|benchmark)\s*\(\s*[\d(]|(?-u:\b)waitfor\s+(?:delay|time)\s+'|(?-u:\b)dbms_pipe\s*\.\s*receive_message\s*\(|(?-u:\b)dbms_lock\s*\.\s*sleep\s*\(|(?-u:\b)randomblob\s*\(\s*\d{6,}",
     )
     .ok()
 });
 static ERROR_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\b(?:extractvalue|updatexml|xmltype|utl_inaddr\s*\.\s*get_host_\w+|ctxsys\s*\.\s*drithsx\s*\.\s*sn|exp\s*\(\s*~|geometrycollection|multipoint|multilinestring|multipolygon|linestring|polygon)\s*\(")
+    Regex::new(r"(?-u:\b)(?:extractvalue|updatexml|xmltype|utl_inaddr\s*\.\s*get_host_\w+|ctxsys\s*\.\s*drithsx\s*\.\s*sn|exp\s*\(\s*~|geometrycollection|multipoint|multilinestring|multipolygon|linestring|polygon)\s*\(")
         .ok()
 });
 /// A string or parenthesis closed, then a logic operator and a comparison: `') OR x=y`, `' and 'a'='a`.
 static BREAKOUT_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r#"['")]\s*\)*\s*(?:(?:or|and|xor)\s+|\|\||&&)[^=<>]{0,60}?(?:=|<>|!=|<|>|\blike\b|\brlike\b|\bregexp\b|\bis\s+(?:not\s+)?null\b|\bbetween\b)"#).ok()
+    Regex::new(r#"['")]\s*\)*\s*(?:(?:or|and|xor)\s+|\|\||&&)[^=<>]{0,60}?(?:=|<>|!=|<|>|(?-u:\b)like(?-u:\b)|(?-u:\b)rlike(?-u:\b)|(?-u:\b)regexp(?-u:\b)|(?-u:\b)is\s+(?:not\s+)?null(?-u:\b)|(?-u:\b)between(?-u:\b))"#).ok()
 });
 /// `and 12=12`: a numeric tautology after a logic operator.
 static NUMERIC_TAUTOLOGY_RE: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"\b(?:and|or|xor|&&|\|\|)\s+\(?\s*(\d+)\s*=\s*(\d+)\b").ok());
+    LazyLock::new(|| Regex::new(r"(?-u:\b)(?:and|or|xor|&&|\|\|)\s+\(?\s*(\d+)\s*=\s*(\d+)(?-u:\b)").ok());
 
 /// A subquery glued to a closed string or number (`'||(select …`), or a probe of the catalog tables.
 static SUBQUERY_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|\band\b|\bor\b)\s*\(\s*select\b|\bselect\b.{0,120}\bfrom\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_(?:tables|tab_\w+|users|objects|views|source)\b|user_tables|dual\b|master\s*\.\s*\.|sys(?:users|servers|databases|logins|processes|files)\b|pg_(?:group|user|roles|database|tables|stat\w*)\b|all_users|dba_\w+|v\$\w+)|\bselect\s+(?:@@\w+|(?:current_user|session_user|system_user|user|version|database|schema)\s*(?:\(\s*\)|;|$))").ok()
+    Regex::new(r"['\x22\d)]\s*(?:\|\||\+|,|&&|(?-u:\b)and(?-u:\b)|(?-u:\b)or(?-u:\b))\s*\(\s*select(?-u:\b)|(?-u:\b)select(?-u:\b).{0,120}(?-u:\b)from\s+(?:information_schema|mysql\s*\.\s*user|pg_catalog|pg_shadow|sysobjects|syscolumns|sys\s*\.\s*\w+|sqlite_master|all_(?:tables|tab_\w+|users|objects|views|source)(?-u:\b)|user_tables|dual(?-u:\b)|master\s*\.\s*\.|sys(?:users|servers|databases|logins|processes|files)(?-u:\b)|pg_(?:group|user|roles|database|tables|stat\w*)(?-u:\b)|all_users|dba_\w+|v\$\w+)|(?-u:\b)select\s+(?:@@\w+|(?:current_user|session_user|system_user|user|version|database|schema)\s*(?:\(\s*\)|;|$))").ok()
 });
 
 /// Stored procedures and functions that reach the file system or the network from SQL.
 static DANGEROUS_FN_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\bxp_(?:cmdshell|dirtree|fileexist|regread|regwrite|servicecontrol|subdirs)\b|\binto\s+(?:out|dump)file\b|\bload_file\s*\(|\butl_(?:http|inaddr|file)\s*\.|\bsp_(?:oacreate|oamethod|executesql|makewebtask|configure)\b|\bopenrowset\s*\(|\bcopy\s+\w+\s+(?:from|to)\s+program\b").ok()
+    Regex::new(r"(?-u:\b)xp_(?:cmdshell|dirtree|fileexist|regread|regwrite|servicecontrol|subdirs)(?-u:\b)|(?-u:\b)into\s+(?:out|dump)file(?-u:\b)|(?-u:\b)load_file\s*\(|(?-u:\b)utl_(?:http|inaddr|file)\s*\.|(?-u:\b)sp_(?:oacreate|oamethod|executesql|makewebtask|configure)(?-u:\b)|(?-u:\b)openrowset\s*\(|(?-u:\b)copy\s+\w+\s+(?:from|to)\s+program(?-u:\b)").ok()
 });
 
 static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r"\bunion(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null\b|all\b|distinct\b|top\b|[\w.]+\s*(?:,|\(|\bfrom\b))",
+        r"(?-u:\b)union(?:\s+(?:all|distinct))?\s*[\s(]\s*select\s*(?:[\d@*('\x22(-]|null(?-u:\b)|all(?-u:\b)|distinct(?-u:\b)|top(?-u:\b)|[\w.]+\s*(?:,|\(|(?-u:\b)from(?-u:\b)))",
     )
     .ok()
 });
@@ -138,13 +138,13 @@ static UNION_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
 /// boolean or a subquery (` OR x=x`, `or true--`), a column-count probe (` ORDER BY 7--`), a `HAVING` or
 /// `WHERE` condition. Prose does not start with `or` and continue with `x=y`.
 static LEADING_LOGIC_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r#"^[\s'"`)]*(?:(?:or|and|xor|\|\||&&)\s+(?:\(?\s*[\w'"]+\s*(?:=|<>|!=|<|>|\blike\b)\s*[\w'"]+|(?:true|false)\s*(?:$|--|#|/\*|;)|\(\s*select\b)|(?:order|group)\s+by\s+\d+\s*(?:$|--|#|/\*|;|,|asc\b|desc\b)|having\s+\w+\s*(?:=|<|>)|(?:as\s+\w+\s+)?where\s+\w+\s*(?:=|<|>)\s*\w+)"#)
+    Regex::new(r#"^[\s'"`)]*(?:(?:or|and|xor|\|\||&&)\s+(?:\(?\s*[\w'"]+\s*(?:=|<>|!=|<|>|(?-u:\b)like(?-u:\b))\s*[\w'"]+|(?:true|false)\s*(?:$|--|#|/\*|;)|\(\s*select(?-u:\b))|(?:order|group)\s+by\s+\d+\s*(?:$|--|#|/\*|;|,|asc(?-u:\b)|desc(?-u:\b))|having\s+\w+\s*(?:=|<|>)|(?:as\s+\w+\s+)?where\s+\w+\s*(?:=|<|>)\s*\w+)"#)
         .ok()
 });
 /// Statements that create accounts, grant rights or write rows: `create user … identified by`,
 /// `grant dba to x`, `insert into t (…) values (…)`.
 static DDL_RE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"\bcreate\s+(?:user|login|role)\s+\w+\s+(?:identified|with)\b|\bgrant\s+(?:all|connect|resource|dba|sysdba|select|insert|execute|admin)\b[\w\s,]{0,60}\bto\s+\w+|\binsert\s+into\s+[\w.`\x22\[\]]+\s*\([^)]{0,200}\)\s*values\s*\(|\bcreate\s+table\s+\w+\s*\(\s*\w+\s+(?:text|int|varchar|blob)\b")
+    Regex::new(r"(?-u:\b)create\s+(?:user|login|role)\s+\w+\s+(?:identified|with)(?-u:\b)|(?-u:\b)grant\s+(?:all|connect|resource|dba|sysdba|select|insert|execute|admin)(?-u:\b)[\w\s,]{0,60}(?-u:\b)to\s+\w+|(?-u:\b)insert\s+into\s+[\w.`\x22\[\]]+\s*\([^)]{0,200}\)\s*values\s*\(|(?-u:\b)create\s+table\s+\w+\s*\(\s*\w+\s+(?:text|int|varchar|blob)(?-u:\b)")
         .ok()
 });
 static QUOTE_COMMENT_RE: LazyLock<Option<Regex>> =

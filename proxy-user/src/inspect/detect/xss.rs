@@ -86,7 +86,7 @@ const JS_CALL: Rule = Rule {
 };
 /// The proof-of-concept calls of XSS payloads in every spelling that evades a plain `alert(` match.
 static JS_CALL_RE: std::sync::LazyLock<Option<regex::Regex>> = std::sync::LazyLock::new(|| {
-    regex::Regex::new(r#"\b(?:window|top|self|parent|this|frames|globalthis|document|content)\s*\[[^\]]{1,200}\]\s*\(|/\w+/\s*\.\s*source\s*\+|!\s*!\s*\[\s*\]\s*\]|\(\s*!\s*\[\s*\]\s*\+\s*\[\s*\]\s*\)|\b(?:alert|confirm|prompt)\s*(?:\?\.\s*)?(?:\(\s*(?:\d|['"`/]|document|window|this|self|top|string\.|null|\))|`|\.\s*(?:call|apply|bind)\s*\()|\(\s*(?:alert|confirm|prompt)\s*\)\s*\(|document\s*(?:\?\.)?\s*\[\s*['"`](?:cookie|domain|write)|\bdocument\s*(?:\?\.)\s*cookie"#).ok()
+    regex::Regex::new(r#"(?-u:\b)(?:window|top|self|parent|this|frames|globalthis|document|content)\s*\[[^\]]{1,200}\]\s*\(|/\w+/\s*\.\s*source\s*\+|!\s*!\s*\[\s*\]\s*\]|\(\s*!\s*\[\s*\]\s*\+\s*\[\s*\]\s*\)|(?-u:\b)(?:alert|confirm|prompt)\s*(?:\?\.\s*)?(?:\(\s*(?:\d|['"`/]|document|window|this|self|top|string\.|null|\))|`|\.\s*(?:call|apply|bind)\s*\()|\(\s*(?:alert|confirm|prompt)\s*\)\s*\(|document\s*(?:\?\.)?\s*\[\s*['"`](?:cookie|domain|write)|(?-u:\b)document\s*(?:\?\.)\s*cookie"#).ok()
 });
 const TEMPLATE: Rule = Rule {
     id: "xss.template_injection",
