@@ -3,7 +3,9 @@
 //! removed (`c'a't`, `c\at`, `$@`, `${IFS}`), names a command. A lone `;` or `|` in prose, or a command name
 //! without a separator before it, is not enough.
 
-use std::{collections::HashSet, sync::LazyLock};
+use std::sync::LazyLock;
+
+use rustc_hash::FxHashSet;
 
 use super::{Classes, Needles, Value, excerpt, find_any, needles};
 use crate::{
@@ -313,8 +315,11 @@ const UNMISTAKABLE: &[&str] = &[
 /// (`;id;`, `|dir|`): none of them ends a sentence.
 const ALONE: &[&str] = &["id", "dir", "ver", "env", "ls", "pwd", "uname", "whoami", "set"];
 
-static COMMAND_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
-static WORDLIKE_SET: LazyLock<HashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
+// Looked up for the first word of most text values: a fast hash, since the keys are our own constants.
+static COMMAND_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| COMMANDS.iter().copied().collect());
+static WORDLIKE_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| WORDLIKE.iter().copied().collect());
+static UNMISTAKABLE_SET: LazyLock<FxHashSet<&'static str>> =
+    LazyLock::new(|| UNMISTAKABLE.iter().copied().collect());
 
 #[expect(
     clippy::many_single_char_names,
@@ -374,7 +379,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
         let sep_at = i;
         i += sep_len;
         if let Some((word, arg)) = next_word(&s[i..])
-            && (COMMAND_SET.contains(word.as_str()) || UNMISTAKABLE.contains(&word.as_str()))
+            && (COMMAND_SET.contains(word.as_str()) || UNMISTAKABLE_SET.contains(word.as_str()))
         {
             let wordlike = WORDLIKE_SET.contains(word.as_str());
             let looks_like_args = arg.first().is_some_and(|&a| {
@@ -415,7 +420,48 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
 
 /// The next shell word after a separator with shell quoting removed, and the bytes after it (spaces
 /// skipped).
-fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
+/// A shell word of at most [`Word::CAP`] bytes, on the stack: words are read for every separator in prose.
+struct Word {
+    buf: [u8; Word::CAP],
+    len: usize,
+}
+
+impl Word {
+    const CAP: usize = 40;
+
+    const fn new() -> Self {
+        Self {
+            buf: [0; Self::CAP],
+            len: 0,
+        }
+    }
+
+    fn push(&mut self, b: u8) {
+        if self.len < Self::CAP {
+            self.buf[self.len] = b;
+            self.len += 1;
+        }
+    }
+
+    fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    const fn len(&self) -> usize {
+        self.len
+    }
+
+    const fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Only ASCII bytes are ever pushed, so this never fails.
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
+}
+
+fn next_word(s: &[u8]) -> Option<(Word, &[u8])> {
     let mut i = 0;
     let skip_ws = |i: &mut usize| {
         loop {
@@ -432,11 +478,11 @@ fn next_word(s: &[u8]) -> Option<(String, &[u8])> {
         }
     };
     skip_ws(&mut i);
-    let mut word = String::new();
-    while i < s.len() && word.len() < 40 {
+    let mut word = Word::new();
+    while i < s.len() && word.len() < Word::CAP {
         let b = s[i];
         if b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-') {
-            word.push(char::from(b));
+            word.push(b);
         } else if b == b'/' {
             // `/usr/bin/id`: keep the last path component.
             word.clear();
@@ -521,24 +567,7 @@ fn direct_command(v: &Value<'_>, sink: &mut Sink<'_>) {
 /// Whether `s`, from its first word on, reads as a command line rather than prose.
 fn command_line(s: &[u8]) -> bool {
     // Fast path: a first word spelled without shell quoting is looked up as it is, with no copy.
-    let lead = s
-        .iter()
-        .take_while(|b| b.is_ascii_whitespace() || matches!(b, b'{' | b'(' | b'!'))
-        .count();
-    let s_word = &s[lead..];
-    let plain_len = s_word
-        .iter()
-        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
-        .count();
-    let quoted = matches!(
-        s_word.get(plain_len),
-        Some(b'\'' | b'"' | b'\\' | b'`' | b'$' | b'/')
-    );
-    if !quoted
-        && std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
-            !COMMAND_SET.contains(w) && !UNMISTAKABLE.contains(&w) && w != "which" && w != "where"
-        })
-    {
+    if !first_word_may_be_command(s) {
         return false;
     }
     let Some((word, arg)) = next_word(s) else {
@@ -549,7 +578,7 @@ fn command_line(s: &[u8]) -> bool {
     }
     let w = word.as_str();
     let rest = || std::str::from_utf8(arg).unwrap_or_default();
-    if UNMISTAKABLE.contains(&w) {
+    if UNMISTAKABLE_SET.contains(w) {
         true
     } else if COMMAND_SET.contains(w) {
         strong_args(arg)
@@ -597,12 +626,45 @@ fn command_line(s: &[u8]) -> bool {
 
 /// Whether a value made only of plain characters (see `detect::is_plain`) is nevertheless a command:
 /// `whoami` needs no punctuation.
+/// Whether a value could be a command line for [`direct_command`]: its first word, past whitespace and
+/// quotes, is a command, or is spelled with shell quoting that only the full reading can undo. The
+/// prefilter's condition for running this detector on values without separators.
+pub(super) fn may_start_command(lower: &str) -> bool {
+    let s = lower.trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'));
+    s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && first_word_may_be_command(s.as_bytes())
+}
+
+/// The fast reading of a first word: `false` only when the word has no shell quoting and is no command.
+fn first_word_may_be_command(s: &[u8]) -> bool {
+    let lead = s
+        .iter()
+        .take_while(|b| b.is_ascii_whitespace() || matches!(b, b'{' | b'(' | b'!'))
+        .count();
+    let s_word = &s[lead..];
+    let plain_len = s_word
+        .iter()
+        .take_while(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        .count();
+    let quoted = matches!(
+        s_word.get(plain_len),
+        Some(b'\'' | b'"' | b'\\' | b'`' | b'$' | b'/')
+    );
+    quoted
+        || std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
+            COMMAND_SET.contains(w) || UNMISTAKABLE_SET.contains(w) || w == "which" || w == "where"
+        })
+}
+
 pub(super) fn is_bare_command(raw: &[u8]) -> bool {
-    (4..=12).contains(&raw.len())
-        && raw.iter().all(u8::is_ascii_alphabetic)
-        && UNMISTAKABLE
-            .iter()
-            .any(|c| c.as_bytes().eq_ignore_ascii_case(raw))
+    let mut lower = [0u8; 12];
+    let Some(buf) = lower.get_mut(..raw.len()) else {
+        return false;
+    };
+    raw.len() >= 4 && raw.iter().all(u8::is_ascii_alphabetic) && {
+        buf.copy_from_slice(raw);
+        buf.make_ascii_lowercase();
+        std::str::from_utf8(buf).is_ok_and(|w| UNMISTAKABLE_SET.contains(w))
+    }
 }
 
 /// A shell or interpreter invoked by absolute path: `/bin/sh -c`, `/usr/bin/id`, `cmd.exe /c`.

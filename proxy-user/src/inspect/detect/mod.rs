@@ -495,14 +495,10 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     // cmdi: shellshock needs `(` and `{`; chained commands need a separator or substitution character (its
     // own first check); `shell_path` needs `/` and one of its literals, all of which contain `/bin/`,
     // `/dev/`, `cmd` or `powershell`.
-    // `direct_command` needs the value (past whitespace and quotes) to start with a letter, in a field that is
-    // not a parameter name unless it has a space; an escaped line break (`\n`) needs a backslash.
-    let first_letter = v
-        .lower
-        .trim_start_matches(|ch: char| ch.is_ascii_whitespace() || matches!(ch, '\'' | '"' | '`'))
-        .as_bytes()
-        .first()
-        .is_some_and(u8::is_ascii_alphabetic);
+    // `direct_command` needs the value's first word (past whitespace and quotes) to be a command or to be
+    // spelled with shell quoting (`cmdi::may_start_command`, the detector's own fast reading), in a field
+    // that is not a parameter name unless it has a space; an escaped line break (`\n`) needs a backslash.
+    let first_letter = cmdi::may_start_command(v.lower);
     let cmdi_by_class = c.any(Classes::PAREN) && c.any(Classes::BRACE)
         || c.any(
             Classes::SEMI
