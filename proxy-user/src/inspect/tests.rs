@@ -134,6 +134,9 @@ fn sql_typed_into_a_search_box_is_evidence_but_probes_are_not_ignored() {
     blocks(&get(&q("select version() from dual")), "sqli.");
     // A sentence that mentions a script tag is not one.
     passes(&get(&q("why is binary<script an error")));
+    // A script URL made only of plain characters.
+    blocks(&get("/r?next=javascript:alert"), "xss.");
+    passes(&get("/r?at=12:30:00&urn=urn:isbn:0451450523"));
     blocks(&get(&q("x<script src=//evil.example/x.js")), "xss.");
 }
 

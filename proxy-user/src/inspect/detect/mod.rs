@@ -117,6 +117,14 @@ fn is_plain(raw: &[u8]) -> bool {
         && memchr::memmem::find(raw, b"..").is_none()
         && memchr::memmem::find(raw, b"__").is_none()
         && !has_hex_separator(raw)
+        && !has_script_scheme(raw)
+}
+
+/// `javascript:`, `vbscript:`, `livescript:`: a script URL needs no punctuation beyond its colon
+/// (`javascript:alert` in a redirect parameter).
+fn has_script_scheme(raw: &[u8]) -> bool {
+    memchr::memchr_iter(b':', raw)
+        .any(|at| raw[..at].len() >= 6 && raw[at - 6..at].eq_ignore_ascii_case(b"script"))
 }
 
 /// `0x2e`, `0x2f`, `0x5c`: a dot or separator spelled as a C hex literal, which lenient path parsers and
@@ -285,6 +293,7 @@ impl RawShape {
             && !doubled_underscore
             && !hidden_file
             && (!self.has(Classes::DIGIT) || !has_hex_separator(raw))
+            && (!self.has(Classes::COLON) || !has_script_scheme(raw))
     }
 }
 
