@@ -461,8 +461,8 @@ fn run_detectors(v: &Value<'_>, flags: DecodeFlags, run: Detectors, sink: &mut S
 /// [`Classes`] (computed anyway) and at most one walk of [`PREFILTER_DFA`].
 ///
 /// Keeping this true is a duty of whoever changes a detector: a new rule whose trigger is not covered here
-/// must widen its detector's condition (the copied lists below, [`SQL_WORDS`] and [`NEEDLES`], name the
-/// detector list each comes from). The property tests `prefilter_is_conservative_per_field` and
+/// must widen its detector's condition ([`PREFILTER_PATTERNS`] reads `sqli::SQL_WORDS` and `xss::SINKS`
+/// themselves; [`NEEDLES`] names the detector list each of its literals comes from). The property tests `prefilter_is_conservative_per_field` and
 /// `…_per_request` (over strings generated from the detectors' own regexes and literals, read from their
 /// source files, and attack characters), `rasp-proxy eval --check-prefilter`, and a diff of
 /// `rasp-proxy eval --verdicts` before and after catch a condition that became too narrow.
@@ -634,76 +634,11 @@ impl std::ops::BitOr for Needle {
     }
 }
 
-/// `sqli`'s `SQL_WORDS`: matched as whole words, as it does.
-const SQL_WORDS: &[&str] = &[
-    "select",
-    "union",
-    "insert",
-    "update",
-    "delete",
-    "drop",
-    "truncate",
-    "alter",
-    "exec",
-    "execute",
-    "declare",
-    "sleep",
-    "benchmark",
-    "waitfor",
-    "pg_sleep",
-    "or",
-    "and",
-    "xor",
-    "having",
-    "procedure",
-    "rlike",
-    "regexp",
-    "div",
-    "exists",
-    "concat",
-    "database",
-    "information_schema",
-    "shutdown",
-    "load_file",
-    "outfile",
-    "dumpfile",
-    "current_user",
-    "system_user",
-    "ascii",
-    "substring",
-    "substr",
-    "unhex",
-];
-
-/// The other literals, each with its group.
+/// The literals besides `sqli::SQL_WORDS` and `xss::SINKS` (read from their detectors), each with its group.
 const NEEDLES: &[(&str, Needle)] = &[
     ("--", Needle::SQL),
     ("/*", Needle::SQL),
     ("script:", Needle::SCRIPT_SCHEME),
-    // xss `SINKS`.
-    ("alert(", Needle::JS_SINK),
-    ("alert`", Needle::JS_SINK),
-    ("prompt(", Needle::JS_SINK),
-    ("prompt`", Needle::JS_SINK),
-    ("confirm(", Needle::JS_SINK),
-    ("confirm`", Needle::JS_SINK),
-    ("eval(", Needle::JS_SINK),
-    ("document.cookie", Needle::JS_SINK),
-    ("document.domain", Needle::JS_SINK),
-    ("document.write", Needle::JS_SINK),
-    ("fromcharcode(", Needle::JS_SINK),
-    ("window.location", Needle::JS_SINK),
-    (".innerhtml", Needle::JS_SINK),
-    ("settimeout(", Needle::JS_SINK),
-    ("setinterval(", Needle::JS_SINK),
-    ("atob(", Needle::JS_SINK),
-    ("print(", Needle::JS_SINK),
-    ("top[", Needle::JS_SINK),
-    ("window[", Needle::JS_SINK),
-    ("self[", Needle::JS_SINK),
-    ("parent[", Needle::JS_SINK),
-    ("constructor(", Needle::JS_SINK),
-    ("import(", Needle::JS_SINK),
     // xss `JS_CALL_RE`.
     ("[", Needle::JS_CALL),
     ("source", Needle::JS_CALL),
@@ -814,14 +749,25 @@ const NEEDLES: &[(&str, Needle)] = &[
     ("__schema", Needle::EXPR),
 ];
 
-/// All the prefilter's literals in one DFA: [`SQL_WORDS`] first, then [`NEEDLES`]. Standard match semantics,
-/// so that walking it reports every occurrence of every literal (see [`needles_in`]).
+/// Every literal the prefilter looks for, with its group: the detectors' own `sqli::SQL_WORDS` first (so a
+/// pattern id below their count is a SQL word, matched whole), then `xss::SINKS`, then [`NEEDLES`].
+static PREFILTER_PATTERNS: std::sync::LazyLock<Vec<(&'static str, Needle)>> =
+    std::sync::LazyLock::new(|| {
+        sqli::SQL_WORDS
+            .iter()
+            .map(|w| (*w, Needle::SQL))
+            .chain(xss::SINKS.iter().map(|w| (*w, Needle::JS_SINK)))
+            .chain(NEEDLES.iter().copied())
+            .collect()
+    });
+
+/// All of [`PREFILTER_PATTERNS`] in one DFA. Standard match semantics, so that walking it reports every
+/// occurrence of every literal (see [`needles_in`]).
 static PREFILTER_DFA: std::sync::LazyLock<Option<aho_corasick::dfa::DFA>> = std::sync::LazyLock::new(|| {
-    let all = SQL_WORDS.iter().copied().chain(NEEDLES.iter().map(|(n, _)| *n));
     aho_corasick::dfa::DFA::builder()
         .match_kind(aho_corasick::MatchKind::Standard)
         .prefilter(false)
-        .build(all)
+        .build(PREFILTER_PATTERNS.iter().map(|(n, _)| *n))
         .ok()
 });
 
@@ -861,7 +807,7 @@ fn needles_in(lower: &str, wanted: Needle) -> Needle {
         let end = at + 1;
         for i in 0..dfa.match_len(sid) {
             let pid = dfa.match_pattern(sid, i);
-            let group = if pid.as_usize() < SQL_WORDS.len() {
+            let group = if pid.as_usize() < sqli::SQL_WORDS.len() {
                 let start = end - dfa.pattern_len(pid);
                 let bounded =
                     (start == 0 || !is_word(b[start - 1])) && b.get(end).is_none_or(|&ch| !is_word(ch));
@@ -870,8 +816,8 @@ fn needles_in(lower: &str, wanted: Needle) -> Needle {
                 }
                 Needle::SQL
             } else {
-                NEEDLES
-                    .get(pid.as_usize() - SQL_WORDS.len())
+                PREFILTER_PATTERNS
+                    .get(pid.as_usize())
                     .map_or(Needle(u16::MAX), |(_, g)| *g)
             };
             found = found | group;

@@ -320,7 +320,7 @@ fn reads_as_prose(lower: &str) -> bool {
 /// SQL words that can carry an injection without any quote or comment (numeric context: `1 or 1=1`,
 /// `1 union select …`, `1;drop table t`). Prose words that SQL also uses (`in`, `is`, `by`, `from`) are
 /// left out: alone they never make libinjection's fingerprint an injection.
-const SQL_WORDS: &[&str] = &[
+pub(super) const SQL_WORDS: &[&str] = &[
     "select",
     "union",
     "insert",

@@ -114,7 +114,7 @@ const URL_ATTRS: &[&str] = &[
     "from",
     "by",
 ];
-const SINKS: &[&str] = &[
+pub(super) const SINKS: &[&str] = &[
     "alert(",
     "alert`",
     "prompt(",
