@@ -290,9 +290,9 @@ fn find_sensitive(lower: &str) -> Option<usize> {
 }
 
 /// Separators spelled in ways no standard decoder undoes but fuzz lists and lenient parsers use: C-style hex
-/// literals (`0x2f`), percent signs split inside the escape (`%2%f`), escapes with non-hex digits that IIS-era
-/// decoders still turned into separators (`%c0%qf`, `%c1%pc`: `%qf` survives every decoder as text) and bytes
-/// that were not UTF-8 at all. Only dots and separators are restored, and only for this detector: a garbled
+/// literals (`0x2f`), escapes with non-hex digits that IIS-era decoders still turned into separators
+/// (`%c0%qf`, `%c1%pc`: `%qf` survives every decoder as text) and bytes that were not UTF-8 at all. (Escapes
+/// split by a stray `%`, `%2%f`, are restored by `decode::percent_decode` for every detector.) Only dots and separators are restored, and only for this detector: a garbled
 /// escape or an undecodable byte between `..` and a directory name is a separator to the server it targets.
 fn unmangle_separators(lower: &str, garbled: bool) -> std::borrow::Cow<'_, str> {
     if !lower.contains("0x")
@@ -303,15 +303,7 @@ fn unmangle_separators(lower: &str, garbled: bool) -> std::borrow::Cow<'_, str> 
         return std::borrow::Cow::Borrowed(lower);
     }
     let mut out = lower.to_owned();
-    for (from, to) in [
-        ("0x2f", "/"),
-        ("0x5c", "\\"),
-        ("0x2e", "."),
-        ("%2%f", "/"),
-        ("%5%c", "\\"),
-        ("%2%e", "."),
-        ("%%32%66", "/"),
-    ] {
+    for (from, to) in [("0x2f", "/"), ("0x5c", "\\"), ("0x2e", ".")] {
         if out.contains(from) {
             out = out.replace(from, to);
         }
