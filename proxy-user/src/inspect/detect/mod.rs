@@ -107,17 +107,23 @@ pub(crate) struct Value<'a> {
 }
 
 /// Characters that never start or carry an attack on their own: a value of only these (an id, a number, a
-/// slug, a timestamp) is skipped without decoding. `..` (traversal), `__` (`__proto__`) and a leading dot
-/// before a name (`.htaccess`, `.env`: hidden files) are the exceptions built from them.
+/// slug, a timestamp) is skipped without decoding. `..` (traversal), `__` (`__proto__`) and the spellings of
+/// [`attack_from_plain_chars`] are the exceptions built from them.
 fn is_plain(raw: &[u8]) -> bool {
-    !(raw.first() == Some(&b'.') && raw.get(1).is_some_and(u8::is_ascii_alphabetic))
-        && raw
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@'))
+    raw.iter()
+        .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b',' | b':' | b'@'))
         && memchr::memmem::find(raw, b"..").is_none()
         && memchr::memmem::find(raw, b"__").is_none()
-        && !has_hex_separator(raw)
-        && !has_script_scheme(raw)
+        && !attack_from_plain_chars(raw, true, true)
+}
+
+/// Attacks spelled only with plain characters: a hidden file's name (`.htaccess`), a separator as a C hex
+/// literal, a script URL. `digits` and `colon` say whether the value can hold one of those at all, so a
+/// caller that already knows its classes skips the searches. Both plainness tests call this one.
+fn attack_from_plain_chars(raw: &[u8], digits: bool, colon: bool) -> bool {
+    raw.first() == Some(&b'.') && raw.get(1).is_some_and(u8::is_ascii_alphabetic)
+        || digits && has_hex_separator(raw)
+        || colon && has_script_scheme(raw)
 }
 
 /// `javascript:`, `vbscript:`, `livescript:`: a script URL needs no punctuation beyond its colon
@@ -287,13 +293,10 @@ impl RawShape {
         let doubled = |c: u8| memchr::memchr_iter(c, raw).any(|i| raw.get(i + 1) == Some(&c));
         let doubled_dot = self.has(Classes::DOT) && doubled(b'.');
         let doubled_underscore = self.has(Self::UNDERSCORE) && doubled(b'_');
-        let hidden_file = raw.first() == Some(&b'.') && raw.get(1).is_some_and(u8::is_ascii_alphabetic);
         !self.has(Self::NOT_PLAIN)
             && !doubled_dot
             && !doubled_underscore
-            && !hidden_file
-            && (!self.has(Classes::DIGIT) || !has_hex_separator(raw))
-            && (!self.has(Classes::COLON) || !has_script_scheme(raw))
+            && !attack_from_plain_chars(raw, self.has(Classes::DIGIT), self.has(Classes::COLON))
     }
 }
 
