@@ -6,6 +6,10 @@ use std::fmt::Write as _;
 use super::*;
 
 fn get(target: &str) -> Verdict {
+    get_with(target, &Policy::default())
+}
+
+fn get_with(target: &str, policy: &Policy) -> Verdict {
     inspect(
         &RequestView {
             method: "GET",
@@ -14,7 +18,7 @@ fn get(target: &str) -> Verdict {
             body: b"",
             body_truncated: false,
         },
-        &Policy::default(),
+        policy,
     )
 }
 
@@ -435,14 +439,8 @@ fn multipart_filenames_and_fields_are_inspected() {
 #[test]
 fn higher_paranoia_levels_weigh_ambiguous_evidence_fully() {
     let at = |level: u8, target: &str| {
-        inspect(
-            &RequestView {
-                method: "GET",
-                target,
-                headers: &[],
-                body: b"",
-                body_truncated: false,
-            },
+        get_with(
+            target,
             &Policy {
                 paranoia: level,
                 ..Policy::default()
