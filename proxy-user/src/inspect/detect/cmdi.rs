@@ -553,9 +553,7 @@ fn is_url(arg: &[u8]) -> bool {
 /// A value that is itself a command line (`uname -a`, `type C:\\boot.ini`, `net user x /add`, `sleep 10`):
 /// applications that pass a parameter to a shell run it as it is, with no separator needed.
 fn direct_command(v: &Value<'_>, sink: &mut Sink<'_>) {
-    let s = v
-        .lower
-        .trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'));
+    let s = command_start(v.lower);
     if s.len() <= 512
         && s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic)
         && command_line(s.as_bytes())
@@ -630,8 +628,13 @@ fn command_line(s: &[u8]) -> bool {
 /// quotes, is a command, or is spelled with shell quoting that only the full reading can undo. The
 /// prefilter's condition for running this detector on values without separators.
 pub(super) fn may_start_command(lower: &str) -> bool {
-    let s = lower.trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'));
+    let s = command_start(lower);
     s.as_bytes().first().is_some_and(u8::is_ascii_alphabetic) && first_word_may_be_command(s.as_bytes())
+}
+
+/// Where a value's command line would start: past whitespace and the quote that broke out of a string.
+fn command_start(lower: &str) -> &str {
+    lower.trim_start_matches(|c: char| c.is_ascii_whitespace() || matches!(c, '\'' | '"' | '`'))
 }
 
 /// The fast reading of a first word: `false` only when the word has no shell quoting and is no command.
