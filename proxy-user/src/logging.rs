@@ -105,7 +105,7 @@ pub struct AccessLine<'a> {
     pub status: u16,
     pub bytes_in: u64,
     pub bytes_out: u64,
-    pub latency_ms: f64,
+    pub latency: Duration,
     pub verdict: &'a str,
     pub complete: bool,
 }
@@ -114,14 +114,13 @@ impl AccessLine<'_> {
     /// Appends the line, newline included. Absent optional fields are left out, as `tracing` leaves out a
     /// `None` field.
     pub fn write_json(&self, at: SystemTime, out: &mut Vec<u8>) {
-        // Writing into a Vec cannot fail, so the results are ignored.
-        let _ = write!(
-            out,
-            "{{\"timestamp\":\"{}\",\"level\":\"INFO\",\"request_id\":",
-            humantime::format_rfc3339_micros(at)
-        );
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        push_timestamp(out, at);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"request_id\":");
         json_str(out, self.request_id);
-        let _ = write!(out, ",\"source\":\"{}\",\"method\":", self.source);
+        out.extend_from_slice(b",\"source\":\"");
+        push_ip(out, self.source);
+        out.extend_from_slice(b"\",\"method\":");
         json_str(out, self.method);
         out.extend_from_slice(b",\"path\":");
         json_str(out, self.path);
@@ -136,21 +135,121 @@ impl AccessLine<'_> {
             json_str(out, upstream);
         }
         if let Some(endpoint) = self.endpoint {
-            let _ = write!(out, ",\"endpoint\":\"{endpoint}\"");
+            out.extend_from_slice(b",\"endpoint\":\"");
+            push_socket_addr(out, endpoint);
+            out.push(b'"');
         }
-        let _ = write!(
-            out,
-            ",\"status\":{},\"bytes_in\":{},\"bytes_out\":{},\"latency_ms\":",
-            self.status, self.bytes_in, self.bytes_out
-        );
-        let _ = serde_json::to_writer(&mut *out, &self.latency_ms);
+        let mut n = itoa::Buffer::new();
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(n.format(self.status).as_bytes());
+        out.extend_from_slice(b",\"bytes_in\":");
+        out.extend_from_slice(n.format(self.bytes_in).as_bytes());
+        out.extend_from_slice(b",\"bytes_out\":");
+        out.extend_from_slice(n.format(self.bytes_out).as_bytes());
+        out.extend_from_slice(b",\"latency_ms\":");
+        push_millis(out, self.latency);
         out.extend_from_slice(b",\"verdict\":");
         json_str(out, self.verdict);
-        let _ = writeln!(out, ",\"complete\":{},\"target\":\"{ACCESS}\"}}", self.complete);
+        out.extend_from_slice(if self.complete {
+            b",\"complete\":true,\"target\":\"access\"}\n"
+        } else {
+            b",\"complete\":false,\"target\":\"access\"}\n"
+        });
+    }
+}
+
+thread_local! {
+    /// The access line's timestamp up to the whole second (`2026-01-02T03:04:05`), and that second: every
+    /// line within one second shares it, so only the microseconds are formatted per line.
+    static TIMESTAMP_SECOND: RefCell<(u64, [u8; 19])> = const { RefCell::new((u64::MAX, [0; 19])) };
+}
+
+/// RFC 3339 in UTC with microseconds, as `humantime::format_rfc3339_micros` writes it.
+fn push_timestamp(out: &mut Vec<u8>, at: SystemTime) {
+    let since_epoch = at.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let second = since_epoch.as_secs();
+    TIMESTAMP_SECOND.with(|cached| {
+        let Ok(mut cached) = cached.try_borrow_mut() else {
+            // Re-entered (impossible here): format the whole thing the slow way.
+            let _ = write!(out, "{}", humantime::format_rfc3339_seconds(at));
+            out.pop();
+            return;
+        };
+        if cached.0 != second {
+            let mut text = Vec::with_capacity(20);
+            let whole = SystemTime::UNIX_EPOCH + Duration::from_secs(second);
+            let _ = write!(text, "{}", humantime::format_rfc3339_seconds(whole));
+            // `2026-01-02T03:04:05Z`: keep all but the `Z`.
+            if let Some(prefix) = text.get(..19) {
+                cached.1.copy_from_slice(prefix);
+                cached.0 = second;
+            }
+        }
+        out.extend_from_slice(&cached.1);
+    });
+    out.push(b'.');
+    push_padded(out, since_epoch.subsec_micros(), 6);
+    out.push(b'Z');
+}
+
+/// `value` in decimal, left-padded with zeros to `width` digits.
+fn push_padded(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut n = itoa::Buffer::new();
+    let digits = n.format(value).as_bytes();
+    out.extend(std::iter::repeat_n(b'0', width.saturating_sub(digits.len())));
+    out.extend_from_slice(digits);
+}
+
+/// A duration as milliseconds with microsecond precision (`12.345`).
+fn push_millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = d.as_micros();
+    let mut n = itoa::Buffer::new();
+    out.extend_from_slice(n.format(micros / 1000).as_bytes());
+    out.push(b'.');
+    // Below 1000, so it fits.
+    push_padded(out, u32::try_from(micros % 1000).unwrap_or(0), 3);
+}
+
+/// An address as `Display` writes it; IPv4 (the common case) without the formatting machinery.
+fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut n = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(n.format(octet).as_bytes());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// A socket address as `Display` writes it (`[v6]:port` for IPv6).
+fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            push_ip(out, IpAddr::V4(*v4.ip()));
+            out.push(b':');
+            out.extend_from_slice(itoa::Buffer::new().format(v4.port()).as_bytes());
+        }
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Most fields (ids, methods, routes, plain paths) need no escaping: copied as they are.
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+        return;
+    }
     // A `str` always serialises.
     let _ = serde_json::to_writer(&mut *out, s);
 }
@@ -299,7 +398,7 @@ mod tests {
             status: 200,
             bytes_in: 3,
             bytes_out: 11,
-            latency_ms: 0.25,
+            latency: Duration::from_micros(250),
             verdict: "allow",
             complete: true,
         }
@@ -341,5 +440,47 @@ mod tests {
             !obj.contains_key("identity") && !obj.contains_key("upstream") && !obj.contains_key("endpoint")
         );
         assert_eq!(obj.len(), 14, "{v}");
+    }
+
+    #[test]
+    fn hand_formatting_matches_display_and_humantime() {
+        for (secs, nanos) in [
+            (0, 0),
+            (1_764_000_000, 5_000),
+            (1_764_000_000, 999_999_999),
+            (1_764_000_001, 1),
+        ] {
+            let at = SystemTime::UNIX_EPOCH + Duration::new(secs, nanos);
+            let mut out = Vec::new();
+            push_timestamp(&mut out, at);
+            assert_eq!(
+                String::from_utf8(out).unwrap(),
+                humantime::format_rfc3339_micros(at).to_string()
+            );
+        }
+        for addr in [
+            "0.0.0.0:0",
+            "10.200.3.45:65535",
+            "[2001:db8::1]:443",
+            "[::ffff:1.2.3.4]:80",
+        ] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            let mut out = Vec::new();
+            push_socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+            let mut out = Vec::new();
+            push_ip(&mut out, addr.ip());
+            assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
+        }
+        for (micros, text) in [
+            (0, "0.000"),
+            (7, "0.007"),
+            (12_345, "12.345"),
+            (3_000_000, "3000.000"),
+        ] {
+            let mut out = Vec::new();
+            push_millis(&mut out, Duration::from_micros(micros));
+            assert_eq!(String::from_utf8(out).unwrap(), text);
+        }
     }
 }
