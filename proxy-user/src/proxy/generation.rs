@@ -134,14 +134,21 @@ fn header_name(key: &str, value: &str) -> Result<HeaderName, Error> {
         .map_err(|_| Error::Config(format!("{key}: {value:?} is not a valid header name")))
 }
 
+/// The header count hyper's HTTP/1 server enforces when it is not given one.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 fn server_builder(limits: &Limits, timeouts: &Timeouts) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
+    let mut h1 = b.http1();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(timeouts.header_read)
         .max_buf_size(limits.max_header_bytes)
-        .max_headers(limits.max_headers)
         .keep_alive(true);
+    // hyper parses into stack arrays sized for its default; any explicit cap (even that same number) makes it
+    // build two heap-sized arrays per request head instead, a few KiB of copying on every request.
+    if limits.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        h1.max_headers(limits.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))

@@ -54,13 +54,37 @@ use crate::{
 #[derive(Debug)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The peer's address in the one spelling decisions use (IPv4-mapped IPv6 as IPv4).
+    pub source: IpAddr,
+    /// `source` as text, formatted once per connection rather than once per request.
+    source_header: HeaderValue,
     pub tls: bool,
     pub registration: ConnectionGuard,
+}
+
+impl ConnInfo {
+    #[must_use]
+    pub fn new(peer: SocketAddr, tls: bool, registration: ConnectionGuard) -> Self {
+        let source = crate::addr::canonical(peer.ip());
+        Self {
+            peer,
+            source,
+            // An address's text is always a valid header value.
+            source_header: HeaderValue::try_from(source.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            tls,
+            registration,
+        }
+    }
 }
 
 /// Per-request state the phases share and the log phase reports.
 pub struct RequestCtx {
     pub id: String,
+    /// `id` as the header value sent upstream and back to the client, made once.
+    id_header: Option<HeaderValue>,
+    /// The client address as `X-Forwarded-For` carries it.
+    source_header: HeaderValue,
     pub started: Instant,
     pub source: IpAddr,
     pub tls: bool,
@@ -130,10 +154,13 @@ impl Reject {
 /// Answers one request; never fails (every failure becomes a response).
 pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
     let generation = proxy.current.load_full();
+    let id = proxy.next_request_id();
     let mut ctx = RequestCtx {
-        id: proxy.next_request_id(),
+        id_header: HeaderValue::from_str(&id).ok(),
+        id,
+        source_header: conn.source_header.clone(),
         started: Instant::now(),
-        source: crate::addr::canonical(conn.peer.ip()),
+        source: conn.source,
         tls: conn.tls,
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
@@ -236,7 +263,12 @@ fn route<'g>(
     generation: &'g Generation,
     req: &Request<Incoming>,
 ) -> Result<&'g Route, Reject> {
-    let host = request_host(req);
+    // Parsing the host costs more than the rest of routing; most configurations never look at it.
+    let host = if generation.router.has_host_routes() {
+        request_host(req)
+    } else {
+        None
+    };
     match generation
         .router
         .find(host.as_deref(), req.uri().path(), req.method())
@@ -551,7 +583,6 @@ fn rewrite_request_headers(
         let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::BadRequest)?;
         headers.insert(HOST, value);
     }
-    let source = ctx.source.to_string();
     // Only a trusted proxy's list is extended; anyone else's is their own claim, and is dropped.
     let trusted = ctx
         .generation
@@ -560,21 +591,24 @@ fn rewrite_request_headers(
         .trusted_proxies
         .iter()
         .any(|net| net.contains(&ctx.source));
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) if trusted && !prior.trim().is_empty() => format!("{prior}, {source}"),
-        _ => source,
+    let prior = trusted
+        .then(|| headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
+        .flatten()
+        .filter(|prior| !prior.trim().is_empty());
+    let xff = match prior {
+        Some(prior) => {
+            let source = ctx.source_header.to_str().unwrap_or_default();
+            HeaderValue::try_from(format!("{prior}, {source}")).map_err(|_| Reject::BadRequest)?
+        }
+        None => ctx.source_header.clone(),
     };
-    headers.insert(
-        X_FORWARDED_FOR,
-        // From the `String` itself: no second copy.
-        HeaderValue::try_from(xff).map_err(|_| Reject::BadRequest)?,
-    );
+    headers.insert(X_FORWARDED_FOR, xff);
     headers.insert(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
-    if let Ok(id) = HeaderValue::from_str(&ctx.id) {
-        headers.insert(ctx.generation.request_id_header.clone(), id);
+    if let Some(id) = &ctx.id_header {
+        headers.insert(ctx.generation.request_id_header.clone(), id.clone());
     }
     Ok(())
 }
@@ -582,8 +616,9 @@ fn rewrite_request_headers(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors), `Connection` first.
-const HOP_BY_HOP: [HeaderName; 9] = [
+/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors), `Connection` first. A `static`, not a
+/// `const`: a `const` array of names is built and dropped again at every use.
+static HOP_BY_HOP: [HeaderName; 9] = [
     CONNECTION,
     header::TE,
     header::TRAILER,
@@ -597,23 +632,39 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none of them: one pass over their few names is cheaper than nine hashed removals.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
-        return;
+    // One pass over the message's few names finds which of the nine are there (most carry none, or only
+    // `Connection`); only those are removed, instead of nine hashed removals.
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        // `keep-alive`, `upgrade`...: removed below anyway, and an empty list allocates nothing.
-        .filter(|n| !HOP_BY_HOP.contains(n))
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // `Connection: keep-alive` (or `close`) alone, by far the most common, names nothing else to remove.
+    let names_others = present[0]
+        && headers.get_all(CONNECTION).iter().any(|v| {
+            !(v.as_bytes().eq_ignore_ascii_case(b"keep-alive") || v.as_bytes().eq_ignore_ascii_case(b"close"))
+        });
+    if names_others {
+        let named: Vec<HeaderName> = headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            // `keep-alive`, `close`, `upgrade`...: no header to remove, or removed below anyway; an empty
+            // list allocates nothing.
+            .filter(|t| {
+                !t.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in &HOP_BY_HOP {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, here)| *here) {
         headers.remove(name);
     }
 }
@@ -684,9 +735,9 @@ fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
 
 /// Adds the request id and arranges phase 8 for when the body is done.
 fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    if let Ok(id) = HeaderValue::from_str(&ctx.id) {
+    if let Some(id) = &ctx.id_header {
         resp.headers_mut()
-            .insert(ctx.generation.request_id_header.clone(), id);
+            .insert(ctx.generation.request_id_header.clone(), id.clone());
     }
     let status = resp.status();
     let proxy = proxy.clone();
@@ -725,7 +776,7 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         status: status.as_u16(),
         bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
         bytes_out,
-        latency_ms: elapsed.as_secs_f64() * 1000.0,
+        latency: elapsed,
         verdict: ctx.verdict,
         complete,
     });

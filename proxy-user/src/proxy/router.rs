@@ -72,6 +72,13 @@ impl Router {
         Some(Self { routes })
     }
 
+    /// Whether any route names a host: without one, the request's host is never needed.
+    #[must_use]
+    pub fn has_host_routes(&self) -> bool {
+        // Host routes sort first.
+        self.routes.first().is_some_and(|r| r.host.is_some())
+    }
+
     /// `host` is the request's host without port, any case.
     #[must_use]
     pub fn find(&self, host: Option<&str>, path: &str, method: &Method) -> RouteMatch<'_> {

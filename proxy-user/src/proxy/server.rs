@@ -102,11 +102,7 @@ async fn serve_connection(
         activity: activity.clone(),
     };
     let acceptor = generation.tls.get(index).cloned().flatten();
-    let conn = Arc::new(ConnInfo {
-        peer,
-        tls: acceptor.is_some(),
-        registration: guard,
-    });
+    let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some(), guard));
     let header_read = generation.timeouts().header_read;
     match acceptor {
         None => drive(proxy, generation, tcp, conn, activity).await,
