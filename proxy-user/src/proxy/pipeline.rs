@@ -630,13 +630,31 @@ static HOP_BY_HOP: [HeaderName; 9] = [
     HeaderName::from_static("proxy-connection"),
 ];
 
+/// Where `name` sits in [`HOP_BY_HOP`]: one string match instead of nine name comparisons.
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    let i = match name.as_str() {
+        "connection" => 0,
+        "te" => 1,
+        "trailer" => 2,
+        "transfer-encoding" => 3,
+        "upgrade" => 4,
+        "proxy-authorization" => 5,
+        "proxy-authenticate" => 6,
+        "keep-alive" => 7,
+        "proxy-connection" => 8,
+        _ => return None,
+    };
+    debug_assert_eq!(HOP_BY_HOP[i], name);
+    Some(i)
+}
+
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the message's few names finds which of the nine are there (most carry none, or only
     // `Connection`); only those are removed, instead of nine hashed removals.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+        if let Some(i) = hop_by_hop_index(name) {
             present[i] = true;
         }
     }
@@ -785,6 +803,15 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_index_agrees_with_the_list() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&CONTENT_TYPE), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-connection")), None);
+    }
 
     #[test]
     fn hop_by_hop_headers_go_including_those_named_by_connection() {
