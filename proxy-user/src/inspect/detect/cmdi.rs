@@ -321,6 +321,36 @@ static WORDLIKE_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| WORDLI
 static UNMISTAKABLE_SET: LazyLock<FxHashSet<&'static str>> =
     LazyLock::new(|| UNMISTAKABLE.iter().copied().collect());
 
+/// A one-word Bloom filter per ASCII initial over the words of [`COMMANDS`], [`UNMISTAKABLE`] and
+/// `which`/`where` (see [`shape_bit`]): most words of text fail this two-load test and are never hashed.
+/// Sound by construction: it is built from the very lists the sets are.
+static SHAPES_BY_INITIAL: LazyLock<[u64; 128]> = LazyLock::new(|| {
+    let mut t = [0u64; 128];
+    for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(&["which", "where"]) {
+        if let Some(&first) = w.as_bytes().first()
+            && let Some(shapes) = t.get_mut(usize::from(first))
+        {
+            *shapes |= shape_bit(w.as_bytes());
+        }
+    }
+    t
+});
+
+/// A word's length, second and last byte folded into one of 64 bits.
+fn shape_bit(word: &[u8]) -> u64 {
+    let second = word.get(1).copied().unwrap_or(0);
+    let last = word.last().copied().unwrap_or(0);
+    let h = word.len() ^ usize::from(second) << 2 ^ usize::from(last) << 4;
+    1 << ((h ^ h >> 6) & 63)
+}
+
+/// False only when `word` is in none of [`COMMAND_SET`], [`UNMISTAKABLE_SET`], `which` and `where`.
+fn may_be_listed(word: &[u8]) -> bool {
+    word.first()
+        .and_then(|&b| SHAPES_BY_INITIAL.get(usize::from(b)))
+        .is_some_and(|shapes| shapes & shape_bit(word) != 0)
+}
+
 #[expect(
     clippy::many_single_char_names,
     reason = "a byte scanner: s, i, b are the idiom"
@@ -653,9 +683,10 @@ fn first_word_may_be_command(s: &[u8]) -> bool {
         Some(b'\'' | b'"' | b'\\' | b'`' | b'$' | b'/')
     );
     quoted
-        || std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
-            COMMAND_SET.contains(w) || UNMISTAKABLE_SET.contains(w) || w == "which" || w == "where"
-        })
+        || may_be_listed(&s_word[..plain_len])
+            && std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
+                COMMAND_SET.contains(w) || UNMISTAKABLE_SET.contains(w) || w == "which" || w == "where"
+            })
 }
 
 pub(super) fn is_bare_command(raw: &[u8]) -> bool {
@@ -666,7 +697,7 @@ pub(super) fn is_bare_command(raw: &[u8]) -> bool {
     raw.len() >= 4 && raw.iter().all(u8::is_ascii_alphabetic) && {
         buf.copy_from_slice(raw);
         buf.make_ascii_lowercase();
-        std::str::from_utf8(buf).is_ok_and(|w| UNMISTAKABLE_SET.contains(w))
+        may_be_listed(buf) && std::str::from_utf8(buf).is_ok_and(|w| UNMISTAKABLE_SET.contains(w))
     }
 }
 
@@ -703,5 +734,43 @@ fn shell_path(v: &Value<'_>, sink: &mut Sink<'_>) {
     static AUTOMATON: Needles = Needles::new(|| needles(NEEDLES));
     if let Some((at, _)) = find_any(&AUTOMATON, v.lower) {
         sink.report(&SHELL_PATH, v.location, excerpt(v.text, at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shape_filter_passes_every_listed_word() {
+        for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(&["which", "where"]) {
+            assert!(may_be_listed(w.as_bytes()), "{w}");
+        }
+        // And it is a filter: most ordinary words are turned away before any hashing.
+        let prose = [
+            "product",
+            "number",
+            "comfortable",
+            "durable",
+            "running",
+            "available",
+            "several",
+            "colours",
+            "ships",
+            "days",
+            "the",
+            "and",
+            "customer",
+            "order",
+            "address",
+            "description",
+        ];
+        let passed = prose.iter().filter(|w| may_be_listed(w.as_bytes())).count();
+        assert!(
+            passed * 2 < prose.len(),
+            "{passed} of {} prose words pass",
+            prose.len()
+        );
+        assert!(!may_be_listed(b""));
     }
 }

@@ -136,9 +136,14 @@ fn has_script_scheme(raw: &[u8]) -> bool {
 /// `0x2e`, `0x2f`, `0x5c`: a dot or separator spelled as a C hex literal, which lenient path parsers and
 /// fuzz lists use and which is made only of plain characters.
 fn has_hex_separator(raw: &[u8]) -> bool {
-    memchr::memmem::find_iter(raw, b"0x").any(|at| {
-        raw.get(at + 2..at + 4)
-            .is_some_and(|h| matches!(&*h.to_ascii_lowercase(), b"2e" | b"2f" | b"5c"))
+    // A `memchr` per `0` rather than a substring searcher built for every value.
+    memchr::memchr_iter(b'0', raw).any(|at| {
+        raw.get(at + 1) == Some(&b'x')
+            && raw.get(at + 2..at + 4).is_some_and(|h| {
+                [b"2e", b"2f", b"5c"]
+                    .iter()
+                    .any(|sep| h.eq_ignore_ascii_case(*sep))
+            })
     })
 }
 
