@@ -440,7 +440,7 @@ mod json {
             }
         }
         loc.push('[');
-        loc.push_str(std::str::from_utf8(&digits[start..]).unwrap_or_default());
+        loc.extend(digits[start..].iter().map(|&d| char::from(d)));
         loc.push(']');
     }
 

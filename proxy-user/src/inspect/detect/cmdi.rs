@@ -371,7 +371,7 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
     // A literal `\n` is a line break to whatever unescapes the value before it reaches a shell (JSON, C,
     // `echo -e`). Rewritten in place, as a newline and a space, so offsets still match `v.text`.
-    let escaped_break = c.any(Classes::SLASH) && (v.lower.contains("\\n") || v.lower.contains("\\r"));
+    let escaped_break = c.any(Classes::SLASH) && super::has_escaped_line_break(v.lower.as_bytes());
     if !escaped_break
         && !c.any(
             Classes::SEMI

@@ -136,10 +136,11 @@ fn has_script_scheme(raw: &[u8]) -> bool {
 /// `0x2e`, `0x2f`, `0x5c`: a dot or separator spelled as a C hex literal, which lenient path parsers and
 /// fuzz lists use and which is made only of plain characters.
 fn has_hex_separator(raw: &[u8]) -> bool {
-    // A `memchr` per `0` rather than a substring searcher built for every value.
-    memchr::memchr_iter(b'0', raw).any(|at| {
-        raw.get(at + 1) == Some(&b'x')
-            && raw.get(at + 2..at + 4).is_some_and(|h| {
+    // A `memchr` per `x` (rarer in ids and text than `0`) rather than a substring searcher per value.
+    memchr::memchr_iter(b'x', raw).any(|x| {
+        x > 0
+            && raw[x - 1] == b'0'
+            && raw.get(x + 1..x + 3).is_some_and(|h| {
                 [b"2e", b"2f", b"5c"]
                     .iter()
                     .any(|sep| h.eq_ignore_ascii_case(*sep))
@@ -526,7 +527,7 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
                 | Classes::DOLLAR,
         )
         || first_letter && (v.kind != FieldKind::Name || c.any(Classes::SPACE))
-        || c.any(Classes::SLASH) && (v.lower.contains("\\n") || v.lower.contains("\\r"));
+        || c.any(Classes::SLASH) && has_escaped_line_break(v.lower.as_bytes());
     // traversal: returns unless `/`, `\`, `.` or `:`; then every rule needs `..`, or a sensitive file or
     // directory name, or a stream wrapper, in the value after it un-mangles `0x2f`-style and split-percent
     // separators. With no `0x` and no `%` that is the value itself (with `\` as `/`), and each of its file
@@ -582,6 +583,11 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
         expr_by_class || found.has(Needle::EXPR_DOTTED | Needle::EXPR),
     );
     run
+}
+
+/// Whether `\\n` or `\\r` (an escaped line break, as text) occurs: one `memchr` per backslash.
+fn has_escaped_line_break(b: &[u8]) -> bool {
+    memchr::memchr_iter(b'\\', b).any(|i| matches!(b.get(i + 1), Some(b'n' | b'r')))
 }
 
 /// Whether `on` occurs: one `memchr` per `o`, no searcher built for a two-byte needle.
