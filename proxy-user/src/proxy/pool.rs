@@ -9,7 +9,6 @@
 //! (WebSocket) behave as they did with the pooled client.
 
 use std::{
-    collections::HashMap,
     net::SocketAddr,
     pin::Pin,
     sync::{Arc, Mutex, PoisonError},
@@ -25,6 +24,7 @@ use hyper::{
     client::conn::http1::{self, SendRequest},
 };
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
@@ -79,7 +79,7 @@ impl UpstreamPools {
             workers: (0..workers.max(1))
                 .map(|_| {
                     Arc::new(WorkerPool {
-                        idle: Mutex::new(HashMap::new()),
+                        idle: Mutex::new(FxHashMap::default()),
                         connect_timeout,
                     })
                 })
@@ -102,7 +102,8 @@ struct Idle {
 /// One worker's idle upstream connections by endpoint. Only its worker thread takes from it, so its lock is
 /// never contended; it is a lock rather than a `RefCell` only because the request futures must be `Send`.
 pub struct WorkerPool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
+    /// Keyed by configured endpoints only, so a fast unkeyed hash is safe.
+    idle: Mutex<FxHashMap<SocketAddr, Vec<Idle>>>,
     connect_timeout: Duration,
 }
 
@@ -164,7 +165,7 @@ impl WorkerPool {
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Vec<Idle>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FxHashMap<SocketAddr, Vec<Idle>>> {
         self.idle.lock().unwrap_or_else(PoisonError::into_inner)
     }
 

@@ -12,7 +12,7 @@ pub mod enforce;
 
 use std::{
     borrow::Cow,
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     net::IpAddr,
     num::NonZeroUsize,
     sync::{
@@ -23,6 +23,7 @@ use std::{
 };
 
 use lru::LruCache;
+use rustc_hash::FxHashMap;
 use proxy_common::BanReason;
 use serde::Serialize;
 
@@ -266,7 +267,8 @@ struct Inner {
     sources: LruCache<SourceKey, Tracked>,
     identities: LruCache<String, Tracked>,
     /// Keyed by route label; bounded by the routes a config has (unknown labels are not learned).
-    baselines: HashMap<String, Baseline>,
+    /// Keyed by the configuration's route labels (never by request data), so a fast unkeyed hash is safe.
+    baselines: FxHashMap<String, Baseline>,
 }
 
 pub struct RiskEngine {
@@ -571,7 +573,7 @@ impl RiskEngine {
 /// Counts a request in the caller's bucket for `route`; closes the previous bucket into the route's baseline.
 /// Returns whether the caller is now far above the route's normal rate.
 fn count_request(
-    baselines: &mut HashMap<String, Baseline>,
+    baselines: &mut FxHashMap<String, Baseline>,
     t: &mut Tracked,
     route: &str,
     cfg: &RiskConfig,
