@@ -214,12 +214,17 @@ fn push_millis(out: &mut Vec<u8>, d: Duration) {
 fn push_ip(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            let mut n = itoa::Buffer::new();
             for (i, octet) in v4.octets().into_iter().enumerate() {
                 if i > 0 {
                     out.push(b'.');
                 }
-                out.extend_from_slice(n.format(octet).as_bytes());
+                if octet >= 100 {
+                    out.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    out.push(b'0' + octet / 10 % 10);
+                }
+                out.push(b'0' + octet % 10);
             }
         }
         IpAddr::V6(v6) => {
@@ -244,7 +249,15 @@ fn push_socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 
 fn json_str(out: &mut Vec<u8>, s: &str) {
     // Most fields (ids, methods, routes, plain paths) need no escaping: copied as they are.
-    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+    // A fold without early exit: the compiler turns it into a vector loop.
+    #[expect(
+        clippy::needless_bitwise_bool,
+        reason = "branch-free on purpose, so that the loop vectorises"
+    )]
+    let needs_escaping = s
+        .bytes()
+        .fold(false, |bad, b| bad | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escaping {
         out.push(b'"');
         out.extend_from_slice(s.as_bytes());
         out.push(b'"');

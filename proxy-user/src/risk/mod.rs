@@ -23,8 +23,8 @@ use std::{
 };
 
 use lru::LruCache;
-use rustc_hash::FxHashMap;
 use proxy_common::BanReason;
+use rustc_hash::FxHashMap;
 use serde::Serialize;
 
 pub use self::config::{Mode, RiskConfig};
