@@ -785,13 +785,28 @@ static PREFILTER_DFA: std::sync::LazyLock<Option<aho_corasick::dfa::DFA>> = std:
         .ok()
 });
 
-/// Which of the `wanted` needle groups occur in `lower`, in one walk of [`PREFILTER_DFA`] that stops once all
-/// of them have been seen (no walk at all when none is wanted). Groups not wanted may be missing from the
+/// The longest literal in [`PREFILTER_PATTERNS`]: how far apart two lanes of [`needles_in`] must overlap.
+static LONGEST_PATTERN: std::sync::LazyLock<usize> =
+    std::sync::LazyLock::new(|| PREFILTER_PATTERNS.iter().map(|(n, _)| n.len()).max().unwrap_or(0));
+
+/// Values at least this long are walked in two lanes by [`needles_in`]; shorter ones gain too little from a
+/// second lane to pay for its overlap.
+const TWO_LANES_FROM: usize = 64;
+
+/// Which of the `wanted` needle groups occur in `lower`, walking [`PREFILTER_DFA`] and stopping once all of
+/// them have been seen (no walk at all when none is wanted). Groups not wanted may be missing from the
 /// answer. An unbuildable automaton (ruled out by the tests) reports every group.
 ///
 /// The walk is the textbook overlapping search, one transition per byte: every match state reached reports
 /// every literal ending there, so no occurrence can hide behind another (which a leftmost search would
 /// allow, and a prefilter cannot afford).
+///
+/// One walk is a chain of dependent table loads, so its speed is the memory latency, not the core's width.
+/// A long value is therefore walked as two independent lanes in step, which the core overlaps: the first
+/// over `[0, mid)`, the second from the start state at `mid - (longest literal - 1)` to the end. An
+/// occurrence ending by `mid` is seen by the first; one ending after `mid` starts at or after the second's
+/// start, and an unanchored walk from the start state sees every occurrence that begins where it began or
+/// later. Both lanes only ever report real occurrences, so the answer is exactly the one-lane answer.
 fn needles_in(lower: &str, wanted: Needle) -> Needle {
     use aho_corasick::{Anchored, automaton::Automaton as _};
     if wanted == Needle::NONE {
@@ -800,25 +815,18 @@ fn needles_in(lower: &str, wanted: Needle) -> Needle {
     let Some(dfa) = PREFILTER_DFA.as_ref() else {
         return Needle(u16::MAX);
     };
-    let Ok(mut sid) = dfa.start_state(Anchored::No) else {
+    let Ok(start) = dfa.start_state(Anchored::No) else {
         return Needle(u16::MAX);
     };
     let b = lower.as_bytes();
     let is_word = |ch: u8| ch.is_ascii_alphanumeric() || ch == b'_';
-    let mut found = Needle::NONE;
-    for (at, &byte) in b.iter().enumerate() {
-        sid = dfa.next_state(Anchored::No, sid, byte);
-        if !dfa.is_special(sid) {
-            continue;
-        }
+    // The groups reported by the match state `sid` reached on the byte before `end`; `None` for a dead
+    // state (an unanchored walk never reaches one; if it did, every group is reported, to stay a superset).
+    let groups_at = |sid, end: usize| -> Option<Needle> {
         if !dfa.is_match(sid) {
-            // A dead state: an unanchored search never reaches one, but if it did nothing more could match.
-            if dfa.is_dead(sid) {
-                break;
-            }
-            continue;
+            return (!dfa.is_dead(sid)).then_some(Needle::NONE);
         }
-        let end = at + 1;
+        let mut found = Needle::NONE;
         for i in 0..dfa.match_len(sid) {
             let pid = dfa.match_pattern(sid, i);
             let group = if pid.as_usize() < sqli::SQL_WORDS.len() {
@@ -835,6 +843,49 @@ fn needles_in(lower: &str, wanted: Needle) -> Needle {
                     .map_or(Needle(u16::MAX), |(_, g)| *g)
             };
             found = found | group;
+        }
+        Some(found)
+    };
+    let mut found = Needle::NONE;
+    let overlap = LONGEST_PATTERN.saturating_sub(1);
+    // The first lane's end and the second lane's start; a short value is walked by the second lane alone.
+    let (mid, second_from) = if b.len() >= TWO_LANES_FROM.max(4 * overlap) {
+        let mid = b.len().midpoint(overlap);
+        (mid, mid - overlap)
+    } else {
+        (0, 0)
+    };
+    let mut first = start;
+    let mut second = start;
+    // Both lanes in step, as long as the first has bytes; the second is at most one byte longer.
+    for (at_first, (&byte_first, &byte_second)) in b[..mid].iter().zip(&b[second_from..]).enumerate() {
+        first = dfa.next_state(Anchored::No, first, byte_first);
+        second = dfa.next_state(Anchored::No, second, byte_second);
+        if !dfa.is_special(first) && !dfa.is_special(second) {
+            continue;
+        }
+        for (sid, end) in [(first, at_first + 1), (second, second_from + at_first + 1)] {
+            if dfa.is_special(sid) {
+                match groups_at(sid, end) {
+                    Some(g) => found = found | g,
+                    None => return Needle(u16::MAX),
+                }
+            }
+        }
+        if found.0 & wanted.0 == wanted.0 {
+            return found;
+        }
+    }
+    // The rest of the second lane: its last byte, or the whole of a short value.
+    let mut sid = second;
+    for (at, &byte) in b.iter().enumerate().skip(second_from + mid) {
+        sid = dfa.next_state(Anchored::No, sid, byte);
+        if !dfa.is_special(sid) {
+            continue;
+        }
+        match groups_at(sid, at + 1) {
+            Some(g) => found = found | g,
+            None => return Needle(u16::MAX),
         }
         if found.0 & wanted.0 == wanted.0 {
             break;
@@ -908,5 +959,68 @@ mod tests {
             );
         }
         assert!(PREFILTER_DFA.is_some());
+    }
+
+    /// Every group in `lower`, found independently of [`needles_in`]: an overlapping search of a
+    /// non-DFA automaton, with the same whole-word rule for SQL words.
+    fn groups_by_reference(lower: &str) -> Needle {
+        let patterns: Vec<&str> = PREFILTER_PATTERNS.iter().map(|(n, _)| *n).collect();
+        let ac = aho_corasick::AhoCorasick::builder()
+            .kind(Some(aho_corasick::AhoCorasickKind::NoncontiguousNFA))
+            .build(&patterns)
+            .unwrap_or_else(|e| panic!("prefilter patterns: {e}"));
+        let b = lower.as_bytes();
+        let is_word = |ch: u8| ch.is_ascii_alphanumeric() || ch == b'_';
+        ac.find_overlapping_iter(lower)
+            .filter(|m| {
+                m.pattern().as_usize() >= sqli::SQL_WORDS.len()
+                    || (m.start() == 0 || !is_word(b[m.start() - 1]))
+                        && b.get(m.end()).is_none_or(|&ch| !is_word(ch))
+            })
+            .fold(Needle::NONE, |found, m| {
+                found | PREFILTER_PATTERNS[m.pattern().as_usize()].1
+            })
+    }
+
+    const ALL_GROUPS: Needle = Needle((1 << 9) - 1);
+
+    fn value_of_needles() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let piece = prop_oneof![
+            3 => proptest::sample::select(PREFILTER_PATTERNS.iter().map(|(n, _)| (*n).to_owned()).collect::<Vec<_>>()),
+            4 => "[a-z0-9 ,._/:-]{0,12}",
+        ];
+        proptest::collection::vec(piece, 0..24).prop_map(|parts| parts.concat())
+    }
+
+    proptest::proptest! {
+        /// Two lanes or one, the walk finds exactly the groups an independent search finds, wherever
+        /// the needles sit relative to the lanes' split.
+        #[test]
+        fn needles_in_finds_what_an_overlapping_search_finds(
+            lower in value_of_needles(),
+            wanted in 1u16..(1 << 9),
+        ) {
+            let reference = groups_by_reference(&lower);
+            proptest::prop_assert_eq!(needles_in(&lower, ALL_GROUPS), reference);
+            proptest::prop_assert_eq!(needles_in(&lower, Needle(wanted)).0 & wanted, reference.0 & wanted);
+        }
+    }
+
+    #[test]
+    fn needles_at_the_lane_split_are_found() {
+        assert!(*LONGEST_PATTERN > 1);
+        for len in [TWO_LANES_FROM - 1, 4 * *LONGEST_PATTERN + 1, 150] {
+            for (needle, group) in PREFILTER_PATTERNS.iter() {
+                for at in 0..=len.saturating_sub(needle.len()) {
+                    let mut lower = " ".repeat(len);
+                    lower.replace_range(at..at + needle.len(), needle);
+                    assert!(
+                        needles_in(&lower, ALL_GROUPS).has(*group),
+                        "{needle:?} at {at} of {len}"
+                    );
+                }
+            }
+        }
     }
 }
