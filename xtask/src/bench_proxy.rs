@@ -39,6 +39,17 @@ pub fn run(workspace_root: &Path) -> Result<()> {
     for tool in ["wrk", "nginx", "curl"] {
         which(tool).with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl"))?;
     }
+    let bin = build_release(workspace_root)?;
+    let dir = std::env::temp_dir().join(format!("rasp-proxy-bench-{}", std::process::id()));
+    fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
+    let result = bench_all(&bin, &dir);
+    let _ = fs::remove_dir_all(&dir);
+    let rows = result?;
+    print_table(&rows);
+    Ok(())
+}
+
+fn build_release(workspace_root: &Path) -> Result<PathBuf> {
     println!("building rasp-proxy (release)...");
     let status = Command::new(env!("CARGO"))
         .current_dir(workspace_root)
@@ -56,13 +67,134 @@ pub fn run(workspace_root: &Path) -> Result<()> {
     if !status.success() {
         bail!("cargo build of rasp-proxy failed");
     }
-    let bin = workspace_root.join("target/release/rasp-proxy");
-    let dir = std::env::temp_dir().join(format!("rasp-proxy-bench-{}", std::process::id()));
+    Ok(workspace_root.join("target/release/rasp-proxy"))
+}
+
+/// `cargo xtask bench proxy-instructions`: user-space instructions per proxied request, counted by callgrind.
+/// Unlike req/s or CPU time, the count barely moves with the machine's load, so an A/B of two commits is
+/// decided in one run each: counters are zeroed after a warm-up, dumped after a bounded single-threaded load,
+/// and divided by the requests `wrk` completed. It counts no kernel work and no memory stalls: use it beside
+/// `bench proxy`, not instead of it. The dump is kept in `target/callgrind-proxy.out` for `callgrind_annotate`.
+pub fn run_instructions(workspace_root: &Path) -> Result<()> {
+    for tool in ["wrk", "nginx", "curl", "valgrind", "callgrind_control"] {
+        which(tool)
+            .with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl valgrind"))?;
+    }
+    let bin = build_release(workspace_root)?;
+    let dir = std::env::temp_dir().join(format!("rasp-proxy-instructions-{}", std::process::id()));
     fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
-    let result = bench_all(&bin, &dir);
+    let keep = workspace_root.join("target/callgrind-proxy.out");
+    let result = count_instructions(&bin, &dir, &keep);
     let _ = fs::remove_dir_all(&dir);
-    let rows = result?;
-    print_table(&rows);
+    let (requests, instructions) = result?;
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let per_request = instructions as f64 / requests as f64;
+    println!("| requests | instructions (user space) | instructions per request |");
+    println!("|---|---|---|");
+    println!("| {requests} | {instructions} | {per_request:.0} |");
+    Ok(())
+}
+
+fn count_instructions(bin: &Path, dir: &Path, keep: &Path) -> Result<(u64, u64)> {
+    let upstream_addr = free_addr()?;
+    let _upstream = Guard(spawn_nginx(
+        dir,
+        "upstream",
+        &upstream_nginx_conf(dir, upstream_addr),
+    )?);
+    wait_listening(upstream_addr)?;
+    let listen = free_addr()?;
+    let config = rasp_config(dir, "plain", listen, upstream_addr, "none")?;
+    let out_file = dir.join("callgrind.out");
+    let proxy = Guard(
+        Command::new("valgrind")
+            .arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(bin)
+            .args(["run", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting rasp-proxy under valgrind")?,
+    );
+    // Under valgrind the daemon starts some fifty times slower.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let url = format!("http://{listen}/");
+    while curl_status(&url, "X-Warm: 1")? != "200" {
+        if Instant::now() > deadline {
+            bail!("rasp-proxy under valgrind did not answer within 90 s");
+        }
+        thread::sleep(Duration::from_millis(500));
+    }
+    let pid = proxy.0.id().to_string();
+    load_single(&url, Duration::from_secs(3))?;
+    callgrind_control(&["-z", &pid])?;
+    let out = load_single(&url, Duration::from_secs(8))?;
+    callgrind_control(&["-d", &pid])?;
+    let requests = out
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .with_context(|| format!("no request count in wrk output:\n{out}"))?;
+    // The dump after zeroing is `callgrind.out.N`; its `summary:` (or `totals:`) line is the count.
+    let mut instructions = 0;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_dump = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("callgrind.out."));
+        if is_dump {
+            let text = fs::read_to_string(&path)?;
+            instructions += text
+                .lines()
+                .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0);
+            fs::copy(&path, keep).with_context(|| format!("copying the dump to {}", keep.display()))?;
+            println!("profile: callgrind_annotate --inclusive=yes {}", keep.display());
+        }
+    }
+    if instructions == 0 {
+        bail!("callgrind wrote no dump after zeroing");
+    }
+    Ok((requests, instructions))
+}
+
+/// One `wrk` thread on eight connections: the proxy under valgrind is the bottleneck, not the load.
+fn load_single(url: &str, duration: Duration) -> Result<String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t1",
+            "-c8",
+            "-d",
+            &format!("{}s", duration.as_secs()),
+            "--timeout",
+            "10s",
+            url,
+        ])
+        .output()
+        .context("running wrk")?;
+    if !out.status.success() {
+        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn callgrind_control(args: &[&str]) -> Result<()> {
+    let status = Command::new("callgrind_control")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .context("running callgrind_control")?;
+    if !status.success() {
+        bail!("callgrind_control {} failed", args.join(" "));
+    }
+    // The dump is written by the traced process a moment after the request.
+    thread::sleep(Duration::from_secs(1));
     Ok(())
 }
 

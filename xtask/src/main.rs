@@ -54,6 +54,8 @@ enum Bench {
     Xdp,
     /// rasp-proxy against the upstream alone and nginx, with wrk on loopback.
     Proxy,
+    /// User-space instructions per proxied request under callgrind: a load-independent A/B measure.
+    ProxyInstructions,
     /// Time from the first byte of a banning request to the first XDP drop of its source: p50, p90, p99, max.
     Reaction,
 }
@@ -82,6 +84,12 @@ fn main() -> Result<()> {
         Task::Bench { which: Bench::Proxy } => {
             setup::install()?;
             bench_proxy::run(&root)
+        }
+        Task::Bench {
+            which: Bench::ProxyInstructions,
+        } => {
+            setup::install()?;
+            bench_proxy::run_instructions(&root)
         }
         Task::Image { check_capabilities } => image::build(&root, check_capabilities),
         Task::Bench { which: Bench::Xdp } => {

@@ -25,6 +25,8 @@ const APT_PACKAGES: &[&str] = &[
     "xdp-tools",
     "wrk",
     "nginx-light",
+    // `cargo xtask bench proxy-instructions`.
+    "valgrind",
     // The container image (`cargo xtask image`): a static musl build, podman, and runc where crun cannot run.
     "musl-tools",
     "podman",
