@@ -96,13 +96,7 @@ pub fn run_instructions(workspace_root: &Path) -> Result<()> {
 }
 
 fn count_instructions(bin: &Path, dir: &Path, keep: &Path) -> Result<(u64, u64)> {
-    let upstream_addr = free_addr()?;
-    let _upstream = Guard(spawn_nginx(
-        dir,
-        "upstream",
-        &upstream_nginx_conf(dir, upstream_addr),
-    )?);
-    wait_listening(upstream_addr)?;
+    let (_upstream, upstream_addr) = start_upstream(dir)?;
     let listen = free_addr()?;
     let config = rasp_config(dir, "plain", listen, upstream_addr, "none")?;
     let out_file = dir.join("callgrind.out");
@@ -198,14 +192,16 @@ fn callgrind_control(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The upstream every target is measured against: nginx answering `return 200`, listening when this returns.
+fn start_upstream(dir: &Path) -> Result<(Guard, SocketAddr)> {
+    let addr = free_addr()?;
+    let upstream = Guard(spawn_nginx(dir, "upstream", &upstream_nginx_conf(dir, addr))?);
+    wait_listening(addr)?;
+    Ok((upstream, addr))
+}
+
 fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
-    let upstream_addr = free_addr()?;
-    let _upstream = Guard(spawn_nginx(
-        dir,
-        "upstream",
-        &upstream_nginx_conf(dir, upstream_addr),
-    )?);
-    wait_listening(upstream_addr)?;
+    let (_upstream, upstream_addr) = start_upstream(dir)?;
     let mut rows = Vec::new();
 
     rows.push(measure(

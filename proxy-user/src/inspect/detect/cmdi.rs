@@ -321,12 +321,27 @@ static WORDLIKE_SET: LazyLock<FxHashSet<&'static str>> = LazyLock::new(|| WORDLI
 static UNMISTAKABLE_SET: LazyLock<FxHashSet<&'static str>> =
     LazyLock::new(|| UNMISTAKABLE.iter().copied().collect());
 
+/// Classes that end or nest a command: without one (or an escaped line break), no command is chained.
+pub(super) const SEPARATORS: u32 =
+    Classes::SEMI | Classes::PIPE | Classes::AMP | Classes::NEWLINE | Classes::BACKTICK | Classes::DOLLAR;
+
+/// Commands that look another one up (`which nc`): commands of their own only with a command after them.
+const LOOKUPS: &[&str] = &["which", "where"];
+
+/// Whether `\\n` or `\\r` occurs as text: a line break to whatever unescapes the value before a shell sees it.
+/// One `memchr` per backslash; a backslash is a `SLASH` class byte, so most values skip even that.
+pub(super) fn has_escaped_line_break(v: &Value<'_>) -> bool {
+    let b = v.lower.as_bytes();
+    v.classes.any(Classes::SLASH)
+        && memchr::memchr_iter(b'\\', b).any(|i| matches!(b.get(i + 1), Some(b'n' | b'r')))
+}
+
 /// A one-word Bloom filter per ASCII initial over the words of [`COMMANDS`], [`UNMISTAKABLE`] and
 /// `which`/`where` (see [`shape_bit`]): most words of text fail this two-load test and are never hashed.
 /// Sound by construction: it is built from the very lists the sets are.
 static SHAPES_BY_INITIAL: LazyLock<[u64; 128]> = LazyLock::new(|| {
     let mut t = [0u64; 128];
-    for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(&["which", "where"]) {
+    for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(LOOKUPS) {
         if let Some(&first) = w.as_bytes().first()
             && let Some(shapes) = t.get_mut(usize::from(first))
         {
@@ -371,17 +386,8 @@ pub(super) fn scan(v: &Value<'_>, sink: &mut Sink<'_>) {
     }
     // A literal `\n` is a line break to whatever unescapes the value before it reaches a shell (JSON, C,
     // `echo -e`). Rewritten in place, as a newline and a space, so offsets still match `v.text`.
-    let escaped_break = c.any(Classes::SLASH) && super::has_escaped_line_break(v.lower.as_bytes());
-    if !escaped_break
-        && !c.any(
-            Classes::SEMI
-                | Classes::PIPE
-                | Classes::AMP
-                | Classes::NEWLINE
-                | Classes::BACKTICK
-                | Classes::DOLLAR,
-        )
-    {
+    let escaped_break = has_escaped_line_break(v);
+    if !escaped_break && !c.any(SEPARATORS) {
         return;
     }
     let unescaped;
@@ -642,7 +648,7 @@ fn command_line(s: &[u8]) -> bool {
                 }
                 _ => false,
             }
-    } else if w == "which" || w == "where" {
+    } else if LOOKUPS.contains(&w) {
         // `which nc`: looking for a tool before using it.
         next_word(arg).is_some_and(|(tool, after)| {
             COMMAND_SET.contains(tool.as_str()) && !WORDLIKE_SET.contains(tool.as_str()) && after.is_empty()
@@ -685,7 +691,7 @@ fn first_word_may_be_command(s: &[u8]) -> bool {
     quoted
         || may_be_listed(&s_word[..plain_len])
             && std::str::from_utf8(&s_word[..plain_len]).is_ok_and(|w| {
-                COMMAND_SET.contains(w) || UNMISTAKABLE_SET.contains(w) || w == "which" || w == "where"
+                COMMAND_SET.contains(w) || UNMISTAKABLE_SET.contains(w) || LOOKUPS.contains(&w)
             })
 }
 
@@ -743,7 +749,7 @@ mod tests {
 
     #[test]
     fn the_shape_filter_passes_every_listed_word() {
-        for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(&["which", "where"]) {
+        for w in COMMANDS.iter().chain(UNMISTAKABLE).chain(LOOKUPS) {
             assert!(may_be_listed(w.as_bytes()), "{w}");
         }
         // And it is a filter: most ordinary words are turned away before any hashing.

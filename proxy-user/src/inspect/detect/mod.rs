@@ -470,8 +470,9 @@ fn run_detectors(v: &Value<'_>, flags: DecodeFlags, run: Detectors, sink: &mut S
 /// [`Classes`] (computed anyway) and at most one walk of [`PREFILTER_DFA`].
 ///
 /// Keeping this true is a duty of whoever changes a detector: a new rule whose trigger is not covered here
-/// must widen its detector's condition ([`PREFILTER_PATTERNS`] reads `sqli::SQL_WORDS` and `xss::SINKS`
-/// themselves; [`NEEDLES`] names the detector list each of its literals comes from). The property tests `prefilter_is_conservative_per_field` and
+/// must widen its detector's condition (the gates read `sqli::TRIGGERS`, `cmdi::SEPARATORS` and
+/// `cmdi::has_escaped_line_break`, and [`PREFILTER_PATTERNS`] `sqli::SQL_WORDS` and `xss::SINKS`, from the
+/// detectors themselves; [`NEEDLES`] names the detector list each of its literals comes from). The property tests `prefilter_is_conservative_per_field` and
 /// `…_per_request` (over strings generated from the detectors' own regexes and literals, read from their
 /// source files, and attack characters), `rasp-proxy eval --check-prefilter`, and a diff of
 /// `rasp-proxy eval --verdicts` before and after catch a condition that became too narrow.
@@ -494,7 +495,7 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     // sqli: skips the Referer, and returns unless a trigger class or whitespace is present and
     // `could_be_sql` holds: a quote, `#` or `@`, `--` or `/*`, or one of its SQL words bounded by non-word
     // bytes. All of its rules, libinjection included, run after that check.
-    let sqli_gate = v.kind != FieldKind::Referer && c.any(SQLI_TRIGGERS | Classes::SPACE);
+    let sqli_gate = v.kind != FieldKind::Referer && c.any(sqli::TRIGGERS | Classes::SPACE);
     let sqli_by_class = sqli_gate && c.any(Classes::QUOTE | Classes::HASH | Classes::AT);
     // xss, rule by rule: libinjection needs `<`, or `=` with a quote or an `on…=` handler (which contains
     // `on`); tags and processing instructions need `<`; `attribute_break` needs a quote and `=`; `template`
@@ -518,16 +519,9 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     // that is not a parameter name unless it has a space; an escaped line break (`\n`) needs a backslash.
     let first_letter = cmdi::may_start_command(v.lower);
     let cmdi_by_class = c.any(Classes::PAREN) && c.any(Classes::BRACE)
-        || c.any(
-            Classes::SEMI
-                | Classes::PIPE
-                | Classes::AMP
-                | Classes::NEWLINE
-                | Classes::BACKTICK
-                | Classes::DOLLAR,
-        )
+        || c.any(cmdi::SEPARATORS)
         || first_letter && (v.kind != FieldKind::Name || c.any(Classes::SPACE))
-        || c.any(Classes::SLASH) && has_escaped_line_break(v.lower.as_bytes());
+        || cmdi::has_escaped_line_break(v);
     // traversal: returns unless `/`, `\`, `.` or `:`; then every rule needs `..`, or a sensitive file or
     // directory name, or a stream wrapper, in the value after it un-mangles `0x2f`-style and split-percent
     // separators. With no `0x` and no `%` that is the value itself (with `\` as `/`), and each of its file
@@ -585,30 +579,10 @@ fn triggers(v: &Value<'_>, flags: DecodeFlags) -> Detectors {
     run
 }
 
-/// Whether `\\n` or `\\r` (an escaped line break, as text) occurs: one `memchr` per backslash.
-fn has_escaped_line_break(b: &[u8]) -> bool {
-    memchr::memchr_iter(b'\\', b).any(|i| matches!(b.get(i + 1), Some(b'n' | b'r')))
-}
-
 /// Whether `on` occurs: one `memchr` per `o`, no searcher built for a two-byte needle.
 fn has_on(b: &[u8]) -> bool {
     memchr::memchr_iter(b'o', b).any(|i| b.get(i + 1) == Some(&b'n'))
 }
-
-/// The characters `sqli` gates on (its `TRIGGERS`).
-const SQLI_TRIGGERS: u32 = Classes::QUOTE
-    | Classes::PAREN
-    | Classes::SEMI
-    | Classes::HASH
-    | Classes::DASH
-    | Classes::STAR
-    | Classes::EQ
-    | Classes::AT
-    | Classes::OP
-    | Classes::PIPE
-    | Classes::AMP
-    | Classes::LT
-    | Classes::SLASH;
 
 /// Groups of literals the prefilter looks for, as bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,7 +86,7 @@ const STACKED: Rule = Rule {
 };
 
 /// Characters without which a value cannot leave a SQL string or numeric context.
-const TRIGGERS: u32 = Classes::QUOTE
+pub(super) const TRIGGERS: u32 = Classes::QUOTE
     | Classes::PAREN
     | Classes::SEMI
     | Classes::HASH
