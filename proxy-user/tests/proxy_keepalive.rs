@@ -38,6 +38,15 @@ impl Drop for CountingUpstream {
 
 impl CountingUpstream {
     async fn start(close_after_each: bool) -> Self {
+        Self::answering(
+            close_after_each,
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok",
+        )
+        .await
+    }
+
+    /// An upstream that answers every request with `resp`, verbatim.
+    async fn answering(close_after_each: bool, resp: &'static [u8]) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
@@ -55,8 +64,6 @@ impl CountingUpstream {
                         // Requests here have no body: a head ends at the blank line.
                         while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                             buf.drain(..end + 4);
-                            let resp =
-                                b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 2\r\n\r\nok";
                             if tcp.write_all(resp).await.is_err() || close_after_each {
                                 return;
                             }
@@ -124,4 +131,45 @@ async fn a_connection_the_upstream_closed_is_not_a_502() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(upstream.accepted(), 10);
+}
+
+#[tokio::test]
+async fn interim_answers_are_skipped_and_chunked_bodies_keep_the_connection() {
+    let upstream = CountingUpstream::answering(
+        false,
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+          5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n",
+    )
+    .await;
+    let p = proxy_to(&upstream).await;
+    for i in 0..10 {
+        let answer = one_request(&p).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "request {i}: {answer}");
+        assert!(!answer.contains("100 Continue"), "request {i}: {answer}");
+        assert!(
+            answer.contains("hello") && answer.contains(" world"),
+            "request {i}: {answer}"
+        );
+    }
+    // The chunked body was read to its end each time, so the connection carried the next request.
+    let workers = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    assert!(
+        upstream.accepted() <= workers,
+        "{} upstream connections",
+        upstream.accepted()
+    );
+}
+
+#[tokio::test]
+async fn an_unframeable_upstream_answer_is_a_502() {
+    for resp in [
+        &b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nok"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nok",
+        b"HTTP/1.1 2000 OK\r\ncontent-length: 2\r\n\r\nok",
+    ] {
+        let upstream = CountingUpstream::answering(false, resp).await;
+        let p = proxy_to(&upstream).await;
+        let answer = one_request(&p).await;
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    }
 }

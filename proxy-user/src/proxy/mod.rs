@@ -7,6 +7,7 @@
 pub mod body;
 pub mod connections;
 pub mod generation;
+pub mod h1;
 pub mod pipeline;
 pub mod pool;
 pub mod router;

@@ -705,30 +705,11 @@ fn response(
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<ProxyBody> {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
-            let upstream = hyper::upgrade::on(&mut resp);
+        let (parts, upstream_body) = resp.into_parts();
+        if let (Some(client), Some((upstream, early))) = (client_upgrade, upstream_body.into_upgraded()) {
             let request_id = ctx.id.clone();
             let conn = conn.clone();
-            tokio::spawn(async move {
-                match tokio::try_join!(client, upstream) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        tokio::select! {
-                            r = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {
-                                if let Err(e) = r {
-                                    tracing::debug!(%request_id, error = %e, "upgraded connection ended");
-                                }
-                            }
-                            () = conn.registration.closed.cancelled() => {
-                                tracing::debug!(%request_id, "upgraded connection closed by the registry");
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!(%request_id, error = %e, "upgrade did not complete"),
-                }
-            });
-            let (parts, _) = resp.into_parts();
+            tokio::spawn(async move { tunnel(client, upstream, early, &conn, &request_id).await });
             return Response::from_parts(parts, body::empty());
         }
         // A 101 the client did not ask for cannot be honoured.
@@ -736,6 +717,39 @@ fn response(
     }
     strip_hop_by_hop(resp.headers_mut());
     resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+}
+
+/// Carries an upgraded connection (WebSocket) both ways until either side ends it or the registry closes the
+/// client's connections. `early` is what the upstream sent right after its 101 head.
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    mut upstream: tokio::net::TcpStream,
+    early: bytes::Bytes,
+    conn: &ConnInfo,
+    request_id: &str,
+) {
+    use tokio::io::AsyncWriteExt as _;
+    let mut client = match client.await {
+        Ok(client) => TokioIo::new(client),
+        Err(e) => {
+            tracing::debug!(%request_id, error = %e, "upgrade did not complete");
+            return;
+        }
+    };
+    let carried = async {
+        client.write_all(&early).await?;
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    tokio::select! {
+        r = carried => {
+            if let Err(e) = r {
+                tracing::debug!(%request_id, error = %e, "upgraded connection ended");
+            }
+        }
+        () = conn.registration.closed.cancelled() => {
+            tracing::debug!(%request_id, "upgraded connection closed by the registry");
+        }
+    }
 }
 
 fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
