@@ -96,7 +96,6 @@ pub fn parse_response_head(
     // httparse's slices borrow `buf`; their offsets outlive that borrow, so the head can be split off and its
     // values kept as slices of it (as hyper keeps them: no copy per header).
     let base = buf.as_ptr() as usize;
-    let count = parsed.headers.len();
     let spans: Vec<HeaderSpan> = parsed
         .headers
         .iter()
@@ -110,11 +109,11 @@ pub fn parse_response_head(
         })
         .collect();
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut lengths = LengthHeaders::default();
     let mut transfer_encoding = false;
-    let mut close = version == Version::HTTP_10;
-    let mut keep_alive_10 = false;
+    let mut close = false;
+    let mut keep_alive = false;
     for span in &spans {
         let name = http::HeaderName::from_bytes(&head[span.name.0..span.name.1])
             .map_err(|_| WireError::BadHeader)?;
@@ -131,7 +130,7 @@ pub fn parse_response_head(
         } else if name == header::CONNECTION {
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                 close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_10 |= token.eq_ignore_ascii_case(b"keep-alive");
+                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
         }
         headers.append(name, value);
@@ -153,13 +152,13 @@ pub fn parse_response_head(
             None => Framing::UntilClose,
         }
     };
-    let keep_alive =
-        !close || (version == Version::HTTP_10 && keep_alive_10 && !matches!(framing, Framing::UntilClose));
+    // HTTP/1.1 persists unless told to close; HTTP/1.0 only when told to keep alive.
+    let persistent = !close && (version == Version::HTTP_11 || keep_alive);
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
-        keep_alive: keep_alive && framing != Framing::UntilClose,
+        keep_alive: persistent && framing != Framing::UntilClose,
         framing,
     }))
 }
@@ -247,10 +246,16 @@ pub fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// The header line of one chunk of `len` bytes (`len` > 0).
+/// One chunk of a chunked body carrying `data` (not empty: an empty chunk would end the body).
 #[must_use]
-pub fn chunk_header(len: usize) -> Vec<u8> {
-    format!("{len:x}\r\n").into_bytes()
+pub fn encode_chunk(data: &[u8]) -> Bytes {
+    debug_assert!(!data.is_empty());
+    let size = format!("{:x}\r\n", data.len());
+    let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
+    chunk.extend_from_slice(size.as_bytes());
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(b"\r\n");
+    Bytes::from(chunk)
 }
 
 /// The end of a chunked body without trailers.
@@ -516,40 +521,30 @@ mod tests {
         assert_eq!(decode_all(&[b"5\r\nhel"]), Err(WireError::Truncated));
     }
 
+    fn encoded(method: &Method, target: &str, headers: &HeaderMap, body: BodyEncoding) -> String {
+        let mut out = Vec::new();
+        encode_request_head(&mut out, method, target, headers, body);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn request_heads_carry_exactly_one_framing() {
         let mut headers = HeaderMap::new();
         headers.insert(header::HOST, HeaderValue::from_static("a"));
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("9"));
-        let mut out = Vec::new();
-        encode_request_head(&mut out, &Method::POST, "/x?y", &headers, BodyEncoding::Chunked);
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(&Method::POST, "/x?y", &headers, BodyEncoding::Chunked),
             "POST /x?y HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::POST,
-            "/",
-            &HeaderMap::new(),
-            BodyEncoding::None,
-        );
+        let none = HeaderMap::new();
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(&Method::POST, "/", &none, BodyEncoding::None),
             "POST / HTTP/1.1\r\ncontent-length: 0\r\n\r\n"
         );
-        let mut out = Vec::new();
-        encode_request_head(
-            &mut out,
-            &Method::GET,
-            "/",
-            &HeaderMap::new(),
-            BodyEncoding::Length(12),
-        );
         assert_eq!(
-            String::from_utf8(out).unwrap(),
+            encoded(&Method::GET, "/", &none, BodyEncoding::Length(12)),
             "GET / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"
         );
+        assert_eq!(&encode_chunk(b"hello, world")[..], b"c\r\nhello, world\r\n");
     }
 }

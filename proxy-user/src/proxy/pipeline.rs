@@ -21,7 +21,7 @@ use std::{
 };
 
 use http::{
-    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode,
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
     uri::Authority,
 };
@@ -497,15 +497,7 @@ async fn upstream_request(
         let value = HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| Reject::BadRequest)?;
         parts.headers.insert(HOST, value);
     }
-    // Origin-form on the wire: the connection already names the endpoint.
-    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-        let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-        parts.uri = Uri::builder()
-            .path_and_query(path_and_query)
-            .build()
-            .map_err(|_| Reject::BadRequest)?;
-    }
-    parts.version = Version::HTTP_11;
+    // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
     let req = Request::from_parts(parts, body);
 
     let upstream = &route.upstream;

@@ -124,7 +124,7 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Sends `req` (origin-form URI, `Host` set) to `endpoint` on an idle connection or a new one, and returns
+    /// Sends `req` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to `endpoint` on an idle connection or a new one, and returns
     /// the response once its head has arrived. The response body hands the connection back to this pool once
     /// it has been read to the end.
     pub async fn send(
@@ -285,6 +285,12 @@ impl Conn {
         .await
     }
 
+    /// Reads what the socket has into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        self.buf.reserve(READ_CHUNK);
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+    }
+
     /// Reads until a final response head (interim 1xx other than 101 are skipped).
     fn poll_head(
         &mut self,
@@ -305,12 +311,7 @@ impl Conn {
                     None => {}
                 }
             }
-            self.buf.reserve(READ_CHUNK);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut self.io),
-                cx,
-                &mut self.buf
-            )) {
+            match ready!(self.poll_fill(cx)) {
                 Ok(0) if !*received => return Poll::Ready(Err(ExchangeFailure::ClosedBeforeResponse)),
                 Ok(0) => return Poll::Ready(Err(WireError::Truncated.into())),
                 Ok(_) => *received = true,
@@ -358,7 +359,17 @@ impl RequestTail {
 
     /// Whether all of the body went out.
     fn is_sent(&self) -> bool {
-        self.ended && self.pending.is_empty() && !self.broken
+        !self.broken && self.is_drained()
+    }
+
+    /// Whether there is more to send and the upstream still reads it.
+    fn is_sending(&self) -> bool {
+        !(self.broken || self.is_drained())
+    }
+
+    /// The body ended and its last bytes were written.
+    fn is_drained(&self) -> bool {
+        self.ended && self.pending.is_empty()
     }
 
     /// Writes what it can. `Ready(Ok)` once the body is sent or the upstream stopped reading; an error only
@@ -401,12 +412,7 @@ impl RequestTail {
                     }
                     self.sent += data.len() as u64;
                     self.pending = match self.encoding {
-                        BodyEncoding::Chunked => {
-                            let mut chunk = h1::chunk_header(data.len());
-                            chunk.extend_from_slice(&data);
-                            chunk.extend_from_slice(b"\r\n");
-                            Bytes::from(chunk)
-                        }
+                        BodyEncoding::Chunked => h1::encode_chunk(&data),
                         BodyEncoding::Length(n) if self.sent > n => {
                             return Poll::Ready(Err(length_mismatch()));
                         }
@@ -435,7 +441,7 @@ pub struct UpstreamBody {
 
 impl UpstreamBody {
     fn is_complete(&self) -> bool {
-        if self.tail.as_ref().is_some_and(|t| !t.is_sent() && !t.broken) {
+        if self.tail.as_ref().is_some_and(RequestTail::is_sending) {
             return false;
         }
         match &self.framing {
@@ -490,8 +496,7 @@ impl Body for UpstreamBody {
                 return Poll::Ready(None);
             };
             if let Some(tail) = this.tail.as_mut()
-                && !tail.is_sent()
-                && !tail.broken
+                && tail.is_sending()
                 && let Poll::Ready(Err(e)) = tail.poll_send(&mut conn.io, cx)
             {
                 return this.fail(e);
@@ -517,12 +522,7 @@ impl Body for UpstreamBody {
                 }
                 _ => {}
             }
-            conn.buf.reserve(READ_CHUNK);
-            match ready!(tokio_util::io::poll_read_buf(
-                Pin::new(&mut conn.io),
-                cx,
-                &mut conn.buf
-            )) {
+            match ready!(conn.poll_fill(cx)) {
                 Ok(0) if this.framing == Framing::UntilClose => {
                     this.conn = None;
                     return Poll::Ready(None);
