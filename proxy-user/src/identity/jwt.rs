@@ -53,7 +53,8 @@ enum IssuerKeys {
 #[derive(Debug, Clone)]
 pub(crate) struct Verified {
     pub identity: Identity,
-    pub scopes: Vec<String>,
+    /// Shared: a cached verification hands out clones on every request.
+    pub scopes: Arc<[String]>,
 }
 
 /// A rejected token: the failure kind, the subject when the signature was good, and a reason for debug logs
@@ -233,7 +234,7 @@ impl JwtVerifier {
                 subject: claims.sub,
                 issuer: Some(claims.iss),
             },
-            scopes,
+            scopes: scopes.into(),
         };
         if let Some(exp) = claims.exp {
             #[expect(

@@ -1,6 +1,7 @@
-//! The HTTP/1.1 wire format the upstream client speaks: the request head it writes, the response head it parses
-//! (with `httparse`, the parser hyper uses) and the response body's framing (RFC 9112 §6), including chunked
-//! decoding.
+//! The HTTP/1.1 wire format the proxy speaks itself. Upstream: the request head it writes, the response head it
+//! parses (with `httparse`, the parser hyper uses) and the response body's framing (RFC 9112 §6), including
+//! chunked decoding. Client side (`front.rs`): the simple request heads it serves and the response heads it
+//! writes.
 //!
 //! Why not hyper's client connection: it runs as a task of its own, so every request crosses tasks twice (a
 //! channel to it, a oneshot back) and every body frame once more; this client works inside the request's own
@@ -12,6 +13,7 @@
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Version, header};
+use smallvec::SmallVec;
 
 /// A response head larger than this is refused (hyper's client allowed ~400 KiB; no sane upstream needs that).
 pub const MAX_RESPONSE_HEAD: usize = 64 * 1024;
@@ -96,20 +98,19 @@ pub fn parse_response_head(
     // httparse's slices borrow `buf`; their offsets outlive that borrow, so the head can be split off and its
     // values kept as slices of it (as hyper keeps them: no copy per header).
     let base = buf.as_ptr() as usize;
-    let spans: Vec<HeaderSpan> = parsed
-        .headers
-        .iter()
-        .map(|h| {
-            let name = h.name.as_ptr() as usize - base;
-            let value = h.value.as_ptr() as usize - base;
-            HeaderSpan {
-                name: (name, name + h.name.len()),
-                value: (value, value + h.value.len()),
-            }
-        })
-        .collect();
+    // Filled in place: `collect` would move the 4 KiB array once more.
+    let mut spans: SmallVec<[HeaderSpan; MAX_RESPONSE_HEADERS]> = SmallVec::new();
+    for h in parsed.headers.iter() {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        spans.push(HeaderSpan {
+            name: (name, name + h.name.len()),
+            value: (value, value + h.value.len()),
+        });
+    }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the request id the pipeline adds, so that adding it never regrows the map.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
     let mut lengths = LengthHeaders::default();
     let mut transfer_encoding = false;
     let mut close = false;
@@ -249,13 +250,9 @@ pub fn encode_request_head(
 /// One chunk of a chunked body carrying `data` (not empty: an empty chunk would end the body).
 #[must_use]
 pub fn encode_chunk(data: &[u8]) -> Bytes {
-    debug_assert!(!data.is_empty());
-    let size = format!("{:x}\r\n", data.len());
-    let mut chunk = Vec::with_capacity(size.len() + data.len() + 2);
-    chunk.extend_from_slice(size.as_bytes());
-    chunk.extend_from_slice(data);
-    chunk.extend_from_slice(b"\r\n");
-    Bytes::from(chunk)
+    let mut chunk = BytesMut::with_capacity(data.len() + 20);
+    encode_chunk_into(&mut chunk, data);
+    chunk.freeze()
 }
 
 /// The end of a chunked body without trailers.
@@ -381,6 +378,208 @@ fn hex_value(b: u8) -> u8 {
         b'a'..=b'f' => b - b'a' + 10,
         _ => b - b'A' + 10,
     }
+}
+
+/// A request head the client-facing fast path serves itself (see `front.rs`).
+#[derive(Debug)]
+pub struct SimpleRequest {
+    pub request: http::Request<()>,
+    /// No `Connection: close` from the client.
+    pub keep_alive: bool,
+}
+
+/// What the front of a client connection's buffer holds.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and matched at once; boxing would add an allocation per request"
+)]
+pub enum RequestHead {
+    /// Not a whole head yet, and not over the size limit: read more.
+    Partial,
+    /// An HTTP/1.1 request without a body, upgrade or expectation, split off the buffer.
+    Simple(SimpleRequest),
+    /// Anything else (another version, a body, an upgrade, `Expect`, a target not in origin form, too many or
+    /// too large headers, a malformed head). The buffer is left untouched, for hyper to read from its start:
+    /// everything rare, and every error answer, stays hyper's.
+    Other,
+}
+
+/// Request headers the fast path parses on the stack; a head with more goes to hyper, which applies the
+/// configured `max_headers` (its own default is this same 100).
+pub const MAX_SIMPLE_REQUEST_HEADERS: usize = 100;
+
+/// Parses the request head at the front of `buf` if the fast path may serve it. `max_headers` and `max_head`
+/// are the configured limits; a head over either is [`RequestHead::Other`], so hyper answers 431.
+pub fn parse_simple_request(buf: &mut BytesMut, max_headers: usize, max_head: usize) -> RequestHead {
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_SIMPLE_REQUEST_HEADERS];
+    let slots = &mut slots[..max_headers.min(MAX_SIMPLE_REQUEST_HEADERS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    let len =
+        match httparse::ParserConfig::default().parse_request_with_uninit_headers(&mut parsed, buf, slots) {
+            Ok(httparse::Status::Complete(len)) if len <= max_head => len,
+            Ok(httparse::Status::Partial) if buf.len() < max_head => return RequestHead::Partial,
+            _ => return RequestHead::Other,
+        };
+    let (Some(method), Some(path), Some(1)) = (parsed.method, parsed.path, parsed.version) else {
+        return RequestHead::Other;
+    };
+    let Ok(method) = Method::from_bytes(method.as_bytes()) else {
+        return RequestHead::Other;
+    };
+    if method == Method::CONNECT || !path.starts_with('/') {
+        return RequestHead::Other;
+    }
+    let base = buf.as_ptr() as usize;
+    let path_span = (
+        path.as_ptr() as usize - base,
+        path.as_ptr() as usize - base + path.len(),
+    );
+    // Spans on the stack, uninitialised until pushed: this runs for every request, and heap vectors were a
+    // tenth of its cost.
+    let mut spans: SmallVec<[HeaderSpan; MAX_SIMPLE_REQUEST_HEADERS]> = SmallVec::new();
+    let mut keep_alive = true;
+    for h in parsed.headers.iter() {
+        let name = h.name.as_bytes();
+        let value = h.value.trim_ascii();
+        let refused = if name.eq_ignore_ascii_case(b"content-length") {
+            // Only an explicit empty body is served here; any other length means a body to stream.
+            value != b"0"
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            let mut upgrade = false;
+            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                keep_alive &= !token.eq_ignore_ascii_case(b"close");
+                upgrade |= token.eq_ignore_ascii_case(b"upgrade");
+            }
+            upgrade
+        } else {
+            name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"expect")
+        };
+        if refused {
+            return RequestHead::Other;
+        }
+        let name_at = h.name.as_ptr() as usize - base;
+        let value_at = h.value.as_ptr() as usize - base;
+        spans.push(HeaderSpan {
+            name: (name_at, name_at + h.name.len()),
+            value: (value_at, value_at + h.value.len()),
+        });
+    }
+    let head = buf.split_to(len).freeze();
+    let Some((uri, headers)) = request_parts(&head, path_span, &spans) else {
+        // Rare (the `http` crate refuses what httparse let through): hyper gets the head back, as it came.
+        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+        return RequestHead::Other;
+    };
+    let mut request = http::Request::new(());
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    RequestHead::Simple(SimpleRequest { request, keep_alive })
+}
+
+/// Room left in a request's header map for what the pipeline adds (forwarding headers, the request id, the
+/// subject), so that adding them never regrows it.
+const ADDED_REQUEST_HEADERS: usize = 6;
+
+/// The target and headers of a split-off request head, as slices of it (no copies).
+fn request_parts(head: &Bytes, path: (usize, usize), spans: &[HeaderSpan]) -> Option<(http::Uri, HeaderMap)> {
+    let uri = http::Uri::from_maybe_shared(head.slice(path.0..path.1)).ok()?;
+    let mut headers = HeaderMap::with_capacity(spans.len() + ADDED_REQUEST_HEADERS);
+    for span in spans {
+        let name = http::HeaderName::from_bytes(&head[span.name.0..span.name.1]).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1)).ok()?;
+        headers.append(name, value);
+    }
+    Some((uri, headers))
+}
+
+/// How the fast path frames a response body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body on the wire (`HEAD`, 1xx, 204, 304): the head's own `Content-Length`, if any, is kept.
+    Bodiless,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes a response's status line and headers, with the framing header `framing` calls for (any framing
+/// header among `headers` is dropped unless the response is bodiless), a `date` if it has none, and
+/// `connection: close` unless `keep_alive`.
+pub fn encode_response_head(
+    out: &mut BytesMut,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    keep_alive: bool,
+    date: &[u8],
+) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in headers {
+        if (name == header::CONTENT_LENGTH && framing != ResponseFraming::Bodiless)
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::Bodiless => {}
+        ResponseFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep_alive {
+        out.extend_from_slice(b"connection: close\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends one chunk of a chunked body carrying `data` (not empty: an empty chunk would end the body).
+pub fn encode_chunk_into(out: &mut BytesMut, data: &[u8]) {
+    debug_assert!(!data.is_empty());
+    encode_chunk_size(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Appends a chunk's size line; the caller sends `len` data bytes and a CRLF after it.
+pub fn encode_chunk_size(out: &mut BytesMut, len: usize) {
+    let mut digits = [0u8; 16];
+    let mut n = len;
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b"0123456789abcdef"[n & 0xf];
+        n >>= 4;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+    out.extend_from_slice(b"\r\n");
 }
 
 #[cfg(test)]
@@ -546,5 +745,131 @@ mod tests {
             "GET / HTTP/1.1\r\ncontent-length: 12\r\n\r\n"
         );
         assert_eq!(&encode_chunk(b"hello, world")[..], b"c\r\nhello, world\r\n");
+    }
+
+    fn simple(raw: &str) -> (RequestHead, BytesMut) {
+        let mut buf = BytesMut::from(raw);
+        let parsed = parse_simple_request(&mut buf, 100, 16 * 1024);
+        (parsed, buf)
+    }
+
+    #[test]
+    fn simple_requests_are_split_off_with_their_headers() {
+        let (parsed, rest) =
+            simple("GET /a?b=1 HTTP/1.1\r\nHost: t\r\nX-One: 1\r\nContent-Length: 0\r\n\r\nGET /next");
+        let RequestHead::Simple(s) = parsed else {
+            panic!("{parsed:?}");
+        };
+        assert_eq!(s.request.method(), Method::GET);
+        assert_eq!(s.request.uri(), "/a?b=1");
+        assert_eq!(s.request.headers()["host"], "t");
+        assert_eq!(s.request.headers()["x-one"], "1");
+        assert!(s.keep_alive);
+        assert_eq!(&rest[..], b"GET /next", "the next request stays in the buffer");
+        let (parsed, _) = simple("HEAD / HTTP/1.1\r\nConnection: keep-alive, close\r\n\r\n");
+        assert!(matches!(
+            parsed,
+            RequestHead::Simple(SimpleRequest {
+                keep_alive: false,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn anything_but_a_simple_request_is_left_whole_for_hyper() {
+        for raw in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 5\r\n\r\nhello",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nconnection: upgrade\r\nupgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n",
+            "PUT / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 0\r\n\r\n",
+            "CONNECT host:443 HTTP/1.1\r\n\r\n",
+            "GET http://t/abs HTTP/1.1\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "GET / HTTP/1.1\r\nbad header\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            let (parsed, rest) = simple(raw);
+            assert!(matches!(parsed, RequestHead::Other), "{raw:?}: {parsed:?}");
+            assert_eq!(&rest[..], raw.as_bytes(), "{raw:?}: the buffer is untouched");
+        }
+    }
+
+    #[test]
+    fn limits_hand_over_and_partial_heads_wait() {
+        let (parsed, _) = simple("GET / HTTP/1.1\r\nhost: t\r\n");
+        assert!(matches!(parsed, RequestHead::Partial));
+        let many = (0..5).fold(String::new(), |acc, i| acc + &format!("x-{i}: v\r\n"));
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let mut buf = BytesMut::from(raw.as_str());
+        assert!(matches!(
+            parse_simple_request(&mut buf, 4, 16 * 1024),
+            RequestHead::Other
+        ));
+        assert!(matches!(
+            parse_simple_request(&mut buf, 5, 16 * 1024),
+            RequestHead::Simple(_)
+        ));
+        let mut long = BytesMut::from(format!("GET / HTTP/1.1\r\nx-big: {}", "a".repeat(200)).as_str());
+        assert!(matches!(
+            parse_simple_request(&mut long, 100, 128),
+            RequestHead::Other
+        ));
+        let mut long =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(200)).as_str());
+        assert!(matches!(
+            parse_simple_request(&mut long, 100, 128),
+            RequestHead::Other
+        ));
+    }
+
+    fn response_head(headers: &[(&str, &str)], framing: ResponseFraming, keep_alive: bool) -> String {
+        let mut map = HeaderMap::new();
+        for (n, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let mut out = BytesMut::new();
+        encode_response_head(&mut out, StatusCode::OK, &map, framing, keep_alive, b"DATE");
+        String::from_utf8(out.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn response_heads_carry_exactly_one_framing() {
+        let h = response_head(
+            &[
+                ("content-length", "99"),
+                ("transfer-encoding", "chunked"),
+                ("x-a", "1"),
+            ],
+            ResponseFraming::Length(3),
+            true,
+        );
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\ncontent-length: 3\r\ndate: DATE\r\n\r\n"
+        );
+        let h = response_head(&[("date", "then")], ResponseFraming::Chunked, false);
+        assert_eq!(
+            h,
+            "HTTP/1.1 200 OK\r\ndate: then\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n"
+        );
+        // A `HEAD` answer keeps the length of the body it does not carry.
+        let h = response_head(&[("content-length", "99")], ResponseFraming::Bodiless, true);
+        assert_eq!(h, "HTTP/1.1 200 OK\r\ncontent-length: 99\r\ndate: DATE\r\n\r\n");
+    }
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        let mut out = BytesMut::new();
+        encode_chunk_into(&mut out, &[7u8; 0x1a2]);
+        assert_eq!(&out[..5], b"1a2\r\n");
+        assert_eq!(&out[out.len() - 2..], b"\r\n");
+        assert_eq!(out.len(), 5 + 0x1a2 + 2);
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod connections;
+pub mod front;
 pub mod generation;
 pub mod h1;
 pub mod pipeline;

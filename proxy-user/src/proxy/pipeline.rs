@@ -25,9 +25,7 @@ use http::{
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
     uri::Authority,
 };
-use http_body::Body as _;
 use http_body_util::{BodyExt as _, Limited};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use super::{
@@ -151,8 +149,23 @@ impl Reject {
     }
 }
 
+/// A request body as the server sides deliver it: hyper's `Incoming`, or nothing (the HTTP/1.1 fast path).
+pub trait ClientBody:
+    http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static
+{
+}
+
+impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Sync + Unpin + 'static>
+    ClientBody for B
+{
+}
+
 /// Answers one request; never fails (every failure becomes a response).
-pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incoming>) -> Response<ProxyBody> {
+pub async fn handle<B: ClientBody>(
+    proxy: Arc<Proxy>,
+    conn: Arc<ConnInfo>,
+    req: Request<B>,
+) -> Response<ProxyBody> {
     let generation = proxy.current.load_full();
     let id = proxy.next_request_id();
     let mut ctx = RequestCtx {
@@ -185,11 +198,11 @@ pub async fn handle(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<Incomin
     finish(&proxy, ctx, resp)
 }
 
-async fn run_phases(
+async fn run_phases<B: ClientBody>(
     proxy: &Arc<Proxy>,
     conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<Response<ProxyBody>, Reject> {
     request_filter(ctx, &mut req)?;
     let generation = ctx.generation.clone();
@@ -214,7 +227,7 @@ async fn run_phases(
 }
 
 /// Phase 1: limits that need no route, and headers no client may set.
-fn request_filter(ctx: &mut RequestCtx, req: &mut Request<Incoming>) -> Result<(), Reject> {
+fn request_filter<B: ClientBody>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), Reject> {
     let limits = ctx.generation.limits();
     let declared = req.body().size_hint().exact().or_else(|| {
         req.headers()
@@ -258,10 +271,10 @@ fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject
 }
 
 /// Phase 2.
-fn route<'g>(
+fn route<'g, B>(
     ctx: &mut RequestCtx,
     generation: &'g Generation,
-    req: &Request<Incoming>,
+    req: &Request<B>,
 ) -> Result<&'g Route, Reject> {
     // Parsing the host costs more than the rest of routing; most configurations never look at it.
     let host = if generation.router.has_host_routes() {
@@ -286,7 +299,7 @@ fn route<'g>(
 }
 
 /// The request's host without port: the URI authority (HTTP/2, absolute-form) or the `Host` header.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<String> {
     if let Some(h) = req.uri().host() {
         return Some(h.to_ascii_lowercase());
     }
@@ -357,7 +370,7 @@ async fn auth(
 
 /// The client's body, bounded by `max_body_bytes` (a chunked body that grows past it fails the upstream
 /// exchange, which [`upstream_request`] turns into 413) and counted for the log.
-fn request_body(ctx: &RequestCtx, incoming: Incoming) -> ProxyBody {
+fn request_body<B: ClientBody>(ctx: &RequestCtx, incoming: B) -> ProxyBody {
     if incoming.is_end_stream() {
         return body::empty();
     }

@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::{Buf as _, Bytes};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::{
@@ -25,6 +26,7 @@ use tokio::{
 use super::{
     Proxy,
     connections::ConnectionGuard,
+    front::{self, Served},
     pipeline::{self, ConnInfo},
 };
 
@@ -93,6 +95,7 @@ async fn serve_connection(
     peer: SocketAddr,
     guard: ConnectionGuard,
 ) {
+    let accepted = Instant::now();
     let generation = proxy.current.load_full();
     // Nagle only delays small responses; a failure here changes nothing that matters.
     let _ = tcp.set_nodelay(true);
@@ -105,19 +108,35 @@ async fn serve_connection(
     let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some(), guard));
     let header_read = generation.timeouts().header_read;
     match acceptor {
-        None => drive(proxy, generation, tcp, conn, activity).await,
+        None => drive(proxy, generation, tcp, conn, activity, Front::Http1(accepted)).await,
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
                 () = conn.registration.closed.cancelled() => return,
             };
             match handshake {
-                Ok(Ok(tls)) => drive(proxy, generation, tls, conn, activity).await,
+                Ok(Ok(tls)) => {
+                    // A client that chose HTTP/2 would only be handed over at its preface.
+                    let front = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        Front::Hyper
+                    } else {
+                        Front::Http1(accepted)
+                    };
+                    drive(proxy, generation, tls, conn, activity, front).await;
+                }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
         }
     }
+}
+
+/// Who serves a connection's first request.
+enum Front {
+    /// The HTTP/1.1 fast path (`front.rs`), handing over to hyper at the first request it does not serve; the
+    /// connection was accepted at this instant.
+    Http1(Instant),
+    Hyper,
 }
 
 async fn drive<I>(
@@ -126,9 +145,18 @@ async fn drive<I>(
     io: I,
     conn: Arc<ConnInfo>,
     activity: Arc<Activity>,
+    front: Front,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, unread) = match front {
+        Front::Http1(accepted) => match front::serve(&proxy, &generation, io, &conn, accepted).await {
+            Served::Closed => return,
+            Served::Handoff { io, unread } => (io, unread),
+        },
+        Front::Hyper => (io, Bytes::new()),
+    };
+    let io = Rewind { unread, inner: io };
     let svc_proxy = proxy.clone();
     let svc_conn = conn.clone();
     let service = service_fn(move |req| {
@@ -248,6 +276,55 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
             self.activity.touch();
         }
         polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A stream whose first reads return `unread`: the bytes the fast path read before handing the connection to
+/// hyper.
+struct Rewind<T> {
+    unread: Bytes,
+    inner: T,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.unread.is_empty() {
+            return Pin::new(&mut self.inner).poll_read(cx, buf);
+        }
+        let n = self.unread.len().min(buf.remaining());
+        buf.put_slice(&self.unread[..n]);
+        self.unread.advance(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -1,0 +1,396 @@
+//! The client side of an HTTP/1.1 connection, for the requests almost every API call is: HTTP/1.1, no body
+//! (or `Content-Length: 0`), no upgrade, no `Expect`. It parses the head with `httparse`, runs the same
+//! [`pipeline::handle`] as every other request, and writes the response itself, inside the connection's own
+//! task.
+//!
+//! Why not hyper's server for these too: its HTTP/1 dispatcher was the largest single cost of a proxied request
+//! (about 14k of 31.6k instructions, `cargo xtask bench proxy-instructions`), most of it in generic state
+//! machinery a body-less request never needs.
+//!
+//! Everything else is hyper's: the first head this module does not serve (a body, an upgrade, HTTP/1.0, the
+//! h2c preface, a malformed or oversized head) hands the connection over with the bytes already read, and hyper
+//! serves it from that head on, with its own limits and error answers. So every 400, 431 and 505 comes from one
+//! place, and this module never guesses at a message it does not fully understand.
+
+use std::{
+    cell::RefCell,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::Poll,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Response, StatusCode};
+use http_body::{Body as _, Frame};
+use http_body_util::{BodyExt as _, Empty};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    time::{Instant, Sleep},
+};
+
+use super::{
+    Proxy,
+    body::{BoxError, ProxyBody},
+    generation::Generation,
+    h1::{self, RequestHead, ResponseFraming},
+    pipeline::{self, ConnInfo},
+};
+
+/// How the fast path left a connection.
+pub enum Served<I> {
+    /// Closed: by the client, a timeout, the connection registry, shutdown, or a response that could not be
+    /// framed for reuse.
+    Closed,
+    /// A request this module does not serve is at the front of `unread`: hyper takes the connection from there.
+    Handoff { io: I, unread: Bytes },
+}
+
+/// Spare room made before each read of a request head.
+const READ_RESERVE: usize = 4096;
+/// Response bytes gathered before a write, so a head and a small body leave in one `write`.
+const WRITE_GATHER: usize = 16 * 1024;
+/// How long a closing connection may take to say goodbye (TLS `close_notify`, the FIN).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
+/// Serves requests on `io` until it closes or a request needs hyper. `accepted` starts the first head's
+/// `header_read` clock.
+pub async fn serve<I>(
+    proxy: &Arc<Proxy>,
+    generation: &Generation,
+    mut io: I,
+    conn: &Arc<ConnInfo>,
+    accepted: Instant,
+) -> Served<I>
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let limits = generation.limits();
+    let (max_headers, max_head) = (limits.max_headers, limits.max_header_bytes);
+    let (header_read, idle) = (generation.timeouts().header_read, generation.timeouts().idle);
+    let mut buf = BytesMut::with_capacity(READ_RESERVE);
+    let mut out = BytesMut::with_capacity(WRITE_GATHER);
+    let mut timer = Timer::new(accepted + header_read);
+    // The first head is on the `header_read` clock from accept; later ones from their first partial read.
+    let mut head_clock = true;
+    let closed = conn.registration.closed.cancelled();
+    let shutdown = proxy.shutdown.cancelled();
+    tokio::pin!(closed, shutdown);
+    let mut draining = false;
+    // Each `select!` below polls its main future first: polling a cancellation future costs a lock, and most
+    // main futures are ready at once. A close that lands while they are is seen here, between requests.
+    while !conn.registration.closed.is_cancelled() {
+        let simple = loop {
+            let parsed = if buf.is_empty() {
+                RequestHead::Partial
+            } else {
+                h1::parse_simple_request(&mut buf, max_headers, max_head)
+            };
+            match parsed {
+                RequestHead::Simple(simple) => break simple,
+                RequestHead::Other => {
+                    return Served::Handoff {
+                        io,
+                        unread: buf.freeze(),
+                    };
+                }
+                RequestHead::Partial if buf.is_empty() => {
+                    if draining {
+                        return close(io).await;
+                    }
+                }
+                // Only a head that arrives in pieces pays for moving the timer: the slow-header defence.
+                RequestHead::Partial if !head_clock => {
+                    head_clock = true;
+                    timer.set(Instant::now() + header_read);
+                }
+                RequestHead::Partial => {}
+            }
+            if buf.capacity() - buf.len() < READ_RESERVE / 4 {
+                buf.reserve(READ_RESERVE);
+            }
+            tokio::select! {
+                biased;
+                read = io.read_buf(&mut buf) => match read {
+                    Ok(0) => return Served::Closed,
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(peer = %conn.peer, error = %e, "client connection failed");
+                        return Served::Closed;
+                    }
+                },
+                () = &mut closed => return Served::Closed,
+                () = &mut shutdown, if !draining => draining = true,
+                () = timer.expired() => {
+                    tracing::debug!(
+                        peer = %conn.peer, partial_head = !buf.is_empty(),
+                        "closing the connection: header read or idle timeout"
+                    );
+                    return Served::Closed;
+                }
+            }
+        };
+        let head_only = simple.request.method() == Method::HEAD;
+        let request = simple.request.map(|()| Empty::<Bytes>::new());
+        let response = tokio::select! {
+            biased;
+            response = pipeline::handle(proxy.clone(), conn.clone(), request) => response,
+            () = &mut closed => return Served::Closed,
+        };
+        let keep_alive = simple.keep_alive && !draining && !proxy.shutdown.is_cancelled();
+        let written = tokio::select! {
+            biased;
+            written = write_response(&mut io, &mut out, response, head_only, keep_alive, &mut timer, idle) => written,
+            () = &mut closed => return Served::Closed,
+        };
+        match written {
+            Ok(true) => head_clock = false,
+            Ok(false) => return close(io).await,
+            Err(e) => {
+                tracing::debug!(peer = %conn.peer, error = %e, "response not delivered; closing the connection");
+                return Served::Closed;
+            }
+        }
+    }
+    Served::Closed
+}
+
+async fn close<I: AsyncWrite + Unpin, J>(mut io: I) -> Served<J> {
+    let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
+    Served::Closed
+}
+
+/// Writes one response. `Ok(true)`: the connection may carry another request. Each write, and each wait for
+/// the next body frame, may take up to `idle`.
+async fn write_response<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    response: Response<ProxyBody>,
+    head_only: bool,
+    keep_alive: bool,
+    timer: &mut Timer,
+    idle: Duration,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let framing = if head_only
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        ResponseFraming::Bodiless
+    } else if body.is_end_stream() {
+        ResponseFraming::Length(0)
+    } else {
+        body.size_hint()
+            .exact()
+            .map_or(ResponseFraming::Chunked, ResponseFraming::Length)
+    };
+    out.clear();
+    DATE.with_borrow_mut(|date| {
+        h1::encode_response_head(out, status, &parts.headers, framing, keep_alive, date.now());
+    });
+    drop(parts);
+    let mut complete = true;
+    match framing {
+        // One poll lets a finished upstream body hand its connection back to the pool; anything it would have
+        // sent is not for the wire.
+        ResponseFraming::Bodiless => drop(poll_once(&mut body).await),
+        ResponseFraming::Length(declared) => {
+            let mut left = declared;
+            while let Some(data) = next_data(io, out, &mut body, timer, idle, &mut complete).await? {
+                let Some(rest) = left.checked_sub(data.len() as u64) else {
+                    // Longer than declared: the extra bytes would be read as the next response.
+                    complete = false;
+                    break;
+                };
+                left = rest;
+                push(io, out, &data, timer, idle).await?;
+            }
+            complete &= left == 0;
+        }
+        ResponseFraming::Chunked => {
+            while let Some(data) = next_data(io, out, &mut body, timer, idle, &mut complete).await? {
+                if data.len() <= WRITE_GATHER {
+                    h1::encode_chunk_into(out, &data);
+                } else {
+                    h1::encode_chunk_size(out, data.len());
+                    push(io, out, &data, timer, idle).await?;
+                    out.extend_from_slice(b"\r\n");
+                }
+                if out.len() >= WRITE_GATHER {
+                    flush(io, out, timer, idle).await?;
+                }
+            }
+            // A body that failed part-way ends without the last chunk, so the client sees it truncated.
+            if complete {
+                out.extend_from_slice(h1::LAST_CHUNK);
+            }
+        }
+    }
+    // The body's end writes the access line; the last write is the client's business.
+    drop(body);
+    flush(io, out, timer, idle).await?;
+    Ok(keep_alive && complete)
+}
+
+/// The next data frame of `body` (trailers are dropped; HTTP/1.1 clients rarely read them). What is gathered in
+/// `out` is written first if the body has nothing ready. `None` at the end, or after a body error, which clears
+/// `complete`.
+async fn next_data<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    body: &mut ProxyBody,
+    timer: &mut Timer,
+    idle: Duration,
+    complete: &mut bool,
+) -> io::Result<Option<Bytes>> {
+    loop {
+        let frame = if let Some(frame) = poll_once(body).await {
+            frame
+        } else {
+            flush(io, out, timer, idle).await?;
+            timer.set(Instant::now() + idle);
+            tokio::select! {
+                biased;
+                frame = body.frame() => frame,
+                () = timer.expired() => {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, "response body stalled for the idle timeout"));
+                }
+            }
+        };
+        match frame.map(|f| f.map(Frame::into_data)) {
+            None => return Ok(None),
+            Some(Ok(Ok(data))) if data.is_empty() => {}
+            Some(Ok(Ok(data))) => return Ok(Some(data)),
+            Some(Ok(Err(_trailers))) => {}
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "response body failed part-way; closing the connection");
+                *complete = false;
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// `body`'s next frame if it is ready now (`None` if not). The body is polled with the task's real waker, so a
+/// later `frame().await` is woken as usual.
+fn poll_once(
+    body: &mut ProxyBody,
+) -> impl Future<Output = Option<Option<Result<Frame<Bytes>, BoxError>>>> + '_ {
+    std::future::poll_fn(move |cx| {
+        Poll::Ready(match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(frame) => Some(frame),
+            Poll::Pending => None,
+        })
+    })
+}
+
+/// Gathers `data` into `out`, or, if it does not fit, writes what is gathered and then `data` itself (no copy).
+async fn push<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    data: &[u8],
+    timer: &mut Timer,
+    idle: Duration,
+) -> io::Result<()> {
+    if out.len() + data.len() <= WRITE_GATHER {
+        out.extend_from_slice(data);
+        return Ok(());
+    }
+    flush(io, out, timer, idle).await?;
+    write_timed(io, data, timer, idle).await
+}
+
+async fn flush<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    out: &mut BytesMut,
+    timer: &mut Timer,
+    idle: Duration,
+) -> io::Result<()> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    write_timed(io, out, timer, idle).await?;
+    out.clear();
+    Ok(())
+}
+
+/// Writes and flushes `data` (TLS holds written bytes until flushed); a client that reads nothing for `idle`
+/// is cut. That deadline stays set afterwards, as the idle timeout before the next request.
+async fn write_timed<I: AsyncWrite + Unpin>(
+    io: &mut I,
+    data: &[u8],
+    timer: &mut Timer,
+    idle: Duration,
+) -> io::Result<()> {
+    timer.set(Instant::now() + idle);
+    let write = async {
+        io.write_all(data).await?;
+        io.flush().await
+    };
+    tokio::select! {
+        biased;
+        written = write => written,
+        () = timer.expired() => {
+            Err(io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for the idle timeout"))
+        }
+    }
+}
+
+/// A connection's one timer. Its deadline moves with every request, but the registered [`Sleep`] moves only
+/// when it fires before the deadline or the deadline comes earlier, so a request usually costs no timer work.
+struct Timer {
+    sleep: Pin<Box<Sleep>>,
+    deadline: Instant,
+}
+
+impl Timer {
+    fn new(deadline: Instant) -> Self {
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            deadline,
+        }
+    }
+
+    fn set(&mut self, deadline: Instant) {
+        self.deadline = deadline;
+        if deadline < self.sleep.deadline() {
+            self.sleep.as_mut().reset(deadline);
+        }
+    }
+
+    /// Completes once the deadline has passed.
+    async fn expired(&mut self) {
+        loop {
+            self.sleep.as_mut().await;
+            if Instant::now() >= self.deadline {
+                return;
+            }
+            self.sleep.as_mut().reset(self.deadline);
+        }
+    }
+}
+
+thread_local! {
+    static DATE: RefCell<DateCache> = const { RefCell::new(DateCache { second: 0, text: Vec::new() }) };
+}
+
+/// The `Date` header value (RFC 9110 §6.6.1), formatted once per second per worker thread.
+struct DateCache {
+    second: u64,
+    text: Vec<u8>,
+}
+
+impl DateCache {
+    fn now(&mut self) -> &[u8] {
+        let now = SystemTime::now();
+        let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = httpdate::fmt_http_date(now).into_bytes();
+        }
+        &self.text
+    }
+}
