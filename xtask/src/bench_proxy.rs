@@ -273,7 +273,15 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
         for (target, runs) in targets.iter().zip(&mut runs) {
             println!("round {round}/{ROUNDS}: {}: {}", target.name, target.url);
             let headers: Vec<&str> = target.headers.iter().map(String::as_str).collect();
-            runs.push(measure(target.name, &target.url, &headers, &target.pids)?);
+            let row = measure(target.name, &target.url, &headers, &target.pids)?;
+            println!(
+                "    {:.0} req/s, p99 {:.3} ms, {}",
+                row.rps,
+                row.p99_ms,
+                row.cpu_us_per_req
+                    .map_or_else(|| "-".to_owned(), |c| format!("{c:.1} us CPU/req"))
+            );
+            runs.push(row);
         }
     }
     Ok(runs.into_iter().filter_map(median_run).collect())
@@ -516,7 +524,6 @@ fn clock_ticks_per_second() -> f64 {
 }
 
 fn measure(name: &'static str, url: &str, headers: &[&str], pids: &[u32]) -> Result<Row> {
-    println!("{name}: {url}");
     wrk(url, headers, WARMUP)?;
     let ticks_before = cpu_ticks(pids);
     let out = wrk(url, headers, DURATION)?;
