@@ -128,10 +128,21 @@ pub fn parse_response_head(
                 return Err(WireError::UnsupportedTransferCoding);
             }
             transfer_encoding = true;
+            // The framing is this hop's: whoever sends the body on decides its own.
+            continue;
         } else if name == header::CONNECTION {
+            let mut names_others = false;
             for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive |= is_keep_alive;
+                names_others |= !(is_close || is_keep_alive);
+            }
+            // Only about this hop, and never forwarded: kept only when it names other headers the response
+            // phase must remove with it (or an upgrade the tunnel needs).
+            if !names_others {
+                continue;
             }
         }
         headers.append(name, value);

@@ -213,7 +213,8 @@ async fn run_phases<B: ClientBody>(
         Box::pin(auth(proxy, ctx, route, req.headers_mut())).await?;
     }
     rate(proxy, ctx, route)?;
-    let client_upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
     let body = if route.policy.is_some() {
@@ -222,7 +223,8 @@ async fn run_phases<B: ClientBody>(
         body
     };
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
-    let upstream_resp = upstream_request(proxy, ctx, route, parts, body, endpoint_idx, endpoint).await?;
+    let upstream_resp =
+        upstream_request(proxy, ctx, route, parts, body, upgrade, (endpoint_idx, endpoint)).await?;
     Ok(response(ctx, conn, upstream_resp, client_upgrade))
 }
 
@@ -499,17 +501,11 @@ async fn upstream_request(
     route: &Route,
     mut parts: http::request::Parts,
     body: ProxyBody,
-    endpoint_idx: usize,
-    endpoint: &Endpoint,
+    upgrade: bool,
+    (endpoint_idx, endpoint): (usize, &Endpoint),
 ) -> Result<Response<UpstreamBody>, Reject> {
-    let upgrade = is_upgrade(&parts.headers)
-        .then(|| parts.headers.get(UPGRADE).cloned())
-        .flatten();
-    rewrite_request_headers(ctx, &mut parts, upgrade)?;
-    if !parts.headers.contains_key(HOST) {
-        let value = HeaderValue::from_str(endpoint.authority.as_str()).map_err(|_| Reject::BadRequest)?;
-        parts.headers.insert(HOST, value);
-    }
+    let upgrade = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
+    rewrite_request_headers(ctx, &mut parts, upgrade, endpoint)?;
     // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
     let req = Request::from_parts(parts, body);
 
@@ -570,11 +566,13 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Hop-by-hop headers out, forwarding headers in. `upgrade` keeps a WebSocket handshake intact.
+/// Hop-by-hop headers out, forwarding headers in. `upgrade` keeps a WebSocket handshake intact. A request
+/// without `Host` (HTTP/2 carries the URI authority instead) gets the authority, or else the endpoint's.
 fn rewrite_request_headers(
     ctx: &RequestCtx,
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
+    endpoint: &Endpoint,
 ) -> Result<(), Reject> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
@@ -582,9 +580,8 @@ fn rewrite_request_headers(
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, proto);
     }
-    if !headers.contains_key(HOST)
-        && let Some(authority) = parts.uri.authority()
-    {
+    if !headers.contains_key(HOST) {
+        let authority = parts.uri.authority().unwrap_or(&endpoint.authority);
         let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::BadRequest)?;
         headers.insert(HOST, value);
     }
