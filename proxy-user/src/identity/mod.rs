@@ -375,14 +375,7 @@ fn credential(headers: &HeaderMap) -> Result<Option<Credential<'_>>, &'static st
     let from_authorization = match single(&AUTHORIZATION, LOCATION_AUTHORIZATION)? {
         None => None,
         Some(value) => {
-            // What `to_str` accepts (a header value holds no control characters but tab; ASCII leaves only
-            // visible text), checked a word at a time instead of a byte at a time: a bearer token is long, and
-            // read on every request.
-            let bytes = value.as_bytes();
-            let value = std::str::from_utf8(bytes)
-                .ok()
-                .filter(|_| bytes.is_ascii())
-                .ok_or(LOCATION_AUTHORIZATION)?;
+            let value = value.to_str().map_err(|_| LOCATION_AUTHORIZATION)?;
             let (scheme, rest) = value.trim().split_once(' ').ok_or(LOCATION_AUTHORIZATION)?;
             let rest = rest.trim();
             if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
