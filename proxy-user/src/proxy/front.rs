@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Response, StatusCode};
+use http::{Method, StatusCode};
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt as _, Empty};
 use tokio::{
@@ -35,7 +35,7 @@ use super::{
     body::{BoxError, ProxyBody},
     generation::Generation,
     h1::{self, RequestHead, ResponseFraming},
-    pipeline::{self, ConnInfo},
+    pipeline::{self, Answer, ConnInfo},
 };
 
 /// How the fast path left a connection.
@@ -133,15 +133,15 @@ where
         };
         let head_only = simple.request.method() == Method::HEAD;
         let request = simple.request.map(|()| Empty::<Bytes>::new());
-        let response = tokio::select! {
+        let answer = tokio::select! {
             biased;
-            response = pipeline::handle(proxy.clone(), conn.clone(), request) => response,
+            answer = pipeline::handle(proxy.clone(), conn.clone(), request) => answer,
             () = &mut closed => return Served::Closed,
         };
         let keep_alive = simple.keep_alive && !draining && !proxy.shutdown.is_cancelled();
         let written = tokio::select! {
             biased;
-            written = write_response(&mut io, &mut out, response, head_only, keep_alive, &mut timer, idle) => written,
+            written = write_response(&mut io, &mut out, answer, head_only, keep_alive, &mut timer, idle) => written,
             () = &mut closed => return Served::Closed,
         };
         match written {
@@ -166,13 +166,13 @@ async fn close<I: AsyncWrite + Unpin, J>(mut io: I) -> Served<J> {
 async fn write_response<I: AsyncWrite + Unpin>(
     io: &mut I,
     out: &mut BytesMut,
-    response: Response<ProxyBody>,
+    answer: Answer,
     head_only: bool,
     keep_alive: bool,
     timer: &mut Timer,
     idle: Duration,
 ) -> io::Result<bool> {
-    let (parts, mut body) = response.into_parts();
+    let (parts, mut body) = answer.response.into_parts();
     let status = parts.status;
     let framing = if head_only
         || status.is_informational()
@@ -189,7 +189,8 @@ async fn write_response<I: AsyncWrite + Unpin>(
     };
     out.clear();
     DATE.with_borrow_mut(|date| {
-        h1::encode_response_head(out, status, &parts.headers, framing, keep_alive, date.now());
+        let raw = answer.raw_headers.as_ref();
+        h1::encode_response_head(out, status, &parts.headers, raw, framing, keep_alive, date.now());
     });
     drop(parts);
     let mut complete = true;

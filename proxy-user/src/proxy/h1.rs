@@ -58,7 +58,10 @@ pub enum Framing {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
+    /// The forwarded headers, unless they are all in `raw`.
     pub headers: HeaderMap,
+    /// The forwarded headers as the upstream wrote them, when nothing among them needs removing.
+    pub raw: Option<RawHeaders>,
     pub framing: Framing,
     /// The upstream may keep the connection open after this response.
     pub keep_alive: bool,
@@ -109,67 +112,71 @@ pub fn parse_response_head(
         });
     }
     let head = buf.split_to(len).freeze();
-    // Room for the request id the pipeline adds, so that adding it never regrows the map.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 2);
-    let mut lengths = LengthHeaders::default();
-    let mut transfer_encoding = false;
-    let mut close = false;
-    let mut keep_alive = false;
-    for span in &spans {
-        let name = http::HeaderName::from_bytes(&head[span.name.0..span.name.1])
-            .map_err(|_| WireError::BadHeader)?;
-        let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
-            .map_err(|_| WireError::BadHeader)?;
-        if name == header::CONTENT_LENGTH {
-            lengths.add(value.as_bytes())?;
-        } else if name == header::TRANSFER_ENCODING {
-            // Only `chunked`, alone, is framed; anything else would be a guess.
-            if transfer_encoding || !value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                return Err(WireError::UnsupportedTransferCoding);
-            }
-            transfer_encoding = true;
-            // The framing is this hop's: whoever sends the body on decides its own.
-            continue;
-        } else if name == header::CONNECTION {
-            let mut names_others = false;
-            for token in value.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii) {
-                let is_close = token.eq_ignore_ascii_case(b"close");
-                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
-                close |= is_close;
-                keep_alive |= is_keep_alive;
-                names_others |= !(is_close || is_keep_alive);
-            }
-            // Only about this hop, and never forwarded: kept only when it names other headers the response
-            // phase must remove with it (or an upgrade the tunnel needs).
-            if !names_others {
-                continue;
-            }
-        }
-        headers.append(name, value);
-    }
     let no_body = *request_method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
+    // What the head says about this hop; which headers go on; and whether they can go on as written.
+    let mut hop = HopHeaders::default();
+    let mut forward = [false; MAX_RESPONSE_HEADERS];
+    for (span, forward) in spans.iter().zip(&mut forward) {
+        *forward = hop.read(
+            &head[span.name.0..span.name.1],
+            &head[span.value.0..span.value.1],
+            no_body,
+        )?;
+    }
+    // A 101's `Connection: upgrade` belongs to the tunnel, which needs it as a header.
+    let verbatim = hop.verbatim && status != StatusCode::SWITCHING_PROTOCOLS;
+    let forwarded = || spans.iter().zip(forward).filter(|(_, f)| *f).map(|(s, _)| s);
+    let (headers, raw) = if verbatim {
+        let mut lines = BytesMut::with_capacity(
+            forwarded()
+                .map(|s| s.name.1 - s.name.0 + s.value.1 - s.value.0 + 4)
+                .sum(),
+        );
+        for span in forwarded() {
+            lines.extend_from_slice(&head[span.name.0..span.name.1]);
+            lines.extend_from_slice(b": ");
+            lines.extend_from_slice(&head[span.value.0..span.value.1]);
+            lines.extend_from_slice(b"\r\n");
+        }
+        let raw = RawHeaders {
+            lines: lines.freeze(),
+            has_date: hop.has_date,
+        };
+        (HeaderMap::new(), Some(raw))
+    } else {
+        // Room for the request id the pipeline adds, so that adding it never regrows the map.
+        let mut headers = HeaderMap::with_capacity(spans.len() + 2);
+        for span in forwarded() {
+            let name = http::HeaderName::from_bytes(&head[span.name.0..span.name.1])
+                .map_err(|_| WireError::BadHeader)?;
+            let value = HeaderValue::from_maybe_shared(head.slice(span.value.0..span.value.1))
+                .map_err(|_| WireError::BadHeader)?;
+            headers.append(name, value);
+        }
+        (headers, None)
+    };
     let framing = if no_body {
         Framing::Empty
-    } else if transfer_encoding {
-        // RFC 9112 §6.3: with both, `Transfer-Encoding` wins and the length must not be forwarded.
-        headers.remove(header::CONTENT_LENGTH);
+    } else if hop.transfer_encoding {
         Framing::Chunked(ChunkedDecoder::default())
     } else {
-        match lengths.value {
+        match hop.lengths.value {
             Some(0) => Framing::Empty,
             Some(n) => Framing::Length(n),
             None => Framing::UntilClose,
         }
     };
+    let (close, keep_alive) = (hop.close, hop.keep_alive);
     // HTTP/1.1 persists unless told to close; HTTP/1.0 only when told to keep alive.
     let persistent = !close && (version == Version::HTTP_11 || keep_alive);
     Ok(Some(ResponseHead {
         status,
         version,
         headers,
+        raw,
         keep_alive: persistent && framing != Framing::UntilClose,
         framing,
     }))
@@ -179,6 +186,141 @@ pub fn parse_response_head(
 struct HeaderSpan {
     name: (usize, usize),
     value: (usize, usize),
+}
+
+/// The hop-by-hop part of a response head, read header by header.
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts read off one head, not states"
+)]
+struct HopHeaders {
+    lengths: LengthHeaders,
+    transfer_encoding: bool,
+    close: bool,
+    keep_alive: bool,
+    has_date: bool,
+    /// Every forwarded header can go on as written: none of them is hop-by-hop.
+    verbatim: bool,
+}
+
+impl Default for HopHeaders {
+    fn default() -> Self {
+        Self {
+            lengths: LengthHeaders::default(),
+            transfer_encoding: false,
+            close: false,
+            keep_alive: false,
+            has_date: false,
+            verbatim: true,
+        }
+    }
+}
+
+impl HopHeaders {
+    /// Takes in one header; returns whether it is forwarded. The framing headers are this hop's (whoever sends
+    /// the body on frames it anew), except the length a body-less answer to `HEAD` reports.
+    fn read(&mut self, name: &[u8], value: &[u8], no_body: bool) -> Result<bool, WireError> {
+        match NameKind::of(name) {
+            NameKind::ContentLength => {
+                self.lengths.add(value)?;
+                Ok(no_body)
+            }
+            NameKind::TransferEncoding => {
+                // Only `chunked`, alone, is framed; anything else would be a guess.
+                if self.transfer_encoding || !value.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    return Err(WireError::UnsupportedTransferCoding);
+                }
+                self.transfer_encoding = true;
+                // RFC 9112 §6.3: with both, `Transfer-Encoding` wins and the length is not forwarded either.
+                Ok(false)
+            }
+            NameKind::Connection => {
+                let mut names_others = false;
+                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    let is_close = token.eq_ignore_ascii_case(b"close");
+                    let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                    self.close |= is_close;
+                    self.keep_alive |= is_keep_alive;
+                    names_others |= !(is_close || is_keep_alive);
+                }
+                // Forwarded (to the response phase, which removes it) only when it names other headers to
+                // remove with it, or an upgrade the tunnel needs.
+                self.verbatim &= !names_others;
+                Ok(names_others)
+            }
+            NameKind::OtherHopByHop => {
+                self.verbatim = false;
+                Ok(true)
+            }
+            NameKind::Date => {
+                self.has_date = true;
+                Ok(true)
+            }
+            NameKind::EndToEnd => Ok(true),
+        }
+    }
+}
+
+/// The response header names the wire layer tells apart.
+enum NameKind {
+    ContentLength,
+    TransferEncoding,
+    Connection,
+    /// The rest of the classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors): a response carrying one
+    /// goes through the response phase's removal as a header map.
+    OtherHopByHop,
+    Date,
+    EndToEnd,
+}
+
+impl NameKind {
+    /// By length first: most names are told apart without comparing a byte.
+    fn of(name: &[u8]) -> Self {
+        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+        match name.len() {
+            2 if is(b"te") => Self::OtherHopByHop,
+            4 if is(b"date") => Self::Date,
+            7 if is(b"trailer") || is(b"upgrade") => Self::OtherHopByHop,
+            10 if is(b"connection") => Self::Connection,
+            10 if is(b"keep-alive") => Self::OtherHopByHop,
+            14 if is(b"content-length") => Self::ContentLength,
+            16 if is(b"proxy-connection") => Self::OtherHopByHop,
+            17 if is(b"transfer-encoding") => Self::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Self::OtherHopByHop,
+            _ => Self::EndToEnd,
+        }
+    }
+}
+
+/// Response headers forwarded as the upstream wrote them, one `name: value` line each (CRLF included), for a
+/// response with no hop-by-hop header left to remove. Building a header map only to write it out again was the
+/// largest single cost of a proxied request; a writer that needs a map (hyper's) gets one from
+/// [`materialize`].
+#[derive(Debug, Clone)]
+pub struct RawHeaders {
+    pub lines: Bytes,
+    pub has_date: bool,
+}
+
+/// Appends `raw`'s headers to `headers`.
+pub fn materialize(headers: &mut HeaderMap, raw: &RawHeaders) {
+    let mut at = 0;
+    // Lines this module wrote from names and values httparse accepted: a name (no `:` in a token), `: `, a
+    // value, CRLF.
+    while let Some(end) = memchr::memmem::find(&raw.lines[at..], b"\r\n").map(|e| at + e) {
+        let line = &raw.lines[at..end];
+        let parsed = memchr::memchr(b':', line).and_then(|colon| {
+            let name = http::HeaderName::from_bytes(&line[..colon]).ok()?;
+            let value = HeaderValue::from_maybe_shared(raw.lines.slice(at + colon + 2..end)).ok()?;
+            Some((name, value))
+        });
+        if let Some((name, value)) = parsed {
+            headers.append(name, value);
+        } else {
+            tracing::debug!("dropping an unparsable forwarded response header line");
+        }
+        at = end + 2;
+    }
 }
 
 /// Headers a response head may carry (hyper's client allowed 100); httparse's slots for them live on the stack.
@@ -520,13 +662,14 @@ pub enum ResponseFraming {
     Chunked,
 }
 
-/// Writes a response's status line and headers, with the framing header `framing` calls for (any framing
-/// header among `headers` is dropped unless the response is bodiless), a `date` if it has none, and
-/// `connection: close` unless `keep_alive`.
+/// Writes a response's status line, its headers (`headers`, then the upstream's `raw` lines), the framing
+/// header `framing` calls for (any framing header among `headers` is dropped unless the response is
+/// bodiless), a `date` if it has none, and `connection: close` unless `keep_alive`.
 pub fn encode_response_head(
     out: &mut BytesMut,
     status: StatusCode,
     headers: &HeaderMap,
+    raw: Option<&RawHeaders>,
     framing: ResponseFraming,
     keep_alive: bool,
     date: &[u8],
@@ -548,6 +691,9 @@ pub fn encode_response_head(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    if let Some(raw) = raw {
+        out.extend_from_slice(&raw.lines);
+    }
     match framing {
         ResponseFraming::Bodiless => {}
         ResponseFraming::Length(n) => {
@@ -557,7 +703,7 @@ pub fn encode_response_head(
         }
         ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
-    if !headers.contains_key(header::DATE) {
+    if !raw.is_some_and(|r| r.has_date) && !headers.contains_key(header::DATE) {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(date);
         out.extend_from_slice(b"\r\n");
@@ -615,7 +761,8 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(h.framing, Framing::Chunked(_)));
-        assert!(!h.headers.contains_key(header::CONTENT_LENGTH));
+        assert!(h.headers.is_empty(), "neither framing header is forwarded");
+        assert_eq!(h.raw.map(|r| r.lines), Some(Bytes::new()));
         let h = head("HTTP/1.1 200 OK\r\n\r\n", &get).unwrap().unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", &Method::HEAD)
@@ -675,8 +822,70 @@ mod tests {
     fn the_head_leaves_the_body_in_the_buffer() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhiNEXT");
         let h = parse_response_head(&mut buf, &Method::GET).unwrap().unwrap();
-        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.raw.map(|r| r.lines), Some(Bytes::from_static(b"X-A: b\r\n")));
         assert_eq!(&buf[..], b"hiNEXT");
+    }
+
+    /// The forwarded headers of `raw`, through [`materialize`] when they came as lines.
+    fn forwarded(raw: &str, method: &Method) -> (HeaderMap, bool) {
+        let mut h = head(raw, method).unwrap().unwrap();
+        if let Some(raw) = &h.raw {
+            materialize(&mut h.headers, raw);
+        }
+        (h.headers, h.raw.is_some())
+    }
+
+    #[test]
+    fn headers_pass_as_written_unless_something_must_be_removed() {
+        let get = Method::GET;
+        let (h, verbatim) = forwarded(
+            "HTTP/1.1 200 OK\r\nServer: up\r\nContent-Length: 2\r\nConnection: keep-alive\r\nDate: d\r\n\
+             Set-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhi",
+            &get,
+        );
+        assert!(verbatim);
+        assert_eq!(h.len(), 4, "{h:?}");
+        assert_eq!(h["server"], "up");
+        assert_eq!(h["date"], "d");
+        assert_eq!(h.get_all("set-cookie").iter().count(), 2);
+        // A body-less answer keeps the length it reports.
+        let (h, verbatim) = forwarded("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", &Method::HEAD);
+        assert!(verbatim);
+        assert_eq!(h["content-length"], "7");
+        // What the response phase must remove comes as a map, with what names it.
+        for raw in [
+            "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        ] {
+            let h = head(raw, &get).unwrap().unwrap();
+            assert!(h.raw.is_none(), "{raw:?}");
+            assert!(!h.headers.is_empty(), "{raw:?}");
+        }
+    }
+
+    #[test]
+    fn verbatim_heads_are_written_as_they_came() {
+        let h = head(
+            "HTTP/1.1 404 Not Found\r\nX-A: 1\r\nDate: d\r\nContent-Length: 3\r\n\r\n",
+            &Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        let mut out = BytesMut::new();
+        encode_response_head(
+            &mut out,
+            h.status,
+            &HeaderMap::new(),
+            h.raw.as_ref(),
+            ResponseFraming::Length(3),
+            true,
+            b"NOW",
+        );
+        assert_eq!(
+            &out[..],
+            b"HTTP/1.1 404 Not Found\r\nX-A: 1\r\nDate: d\r\ncontent-length: 3\r\n\r\n"
+        );
     }
 
     fn decode_all(input: &[&[u8]]) -> Result<(Vec<u8>, Vec<u8>), WireError> {
@@ -846,7 +1055,7 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        encode_response_head(&mut out, StatusCode::OK, &map, framing, keep_alive, b"DATE");
+        encode_response_head(&mut out, StatusCode::OK, &map, None, framing, keep_alive, b"DATE");
         String::from_utf8(out.to_vec()).unwrap()
     }
 

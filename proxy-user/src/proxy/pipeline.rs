@@ -33,6 +33,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
+    h1,
     pool::UpstreamBody,
     router::{Route, RouteMatch},
     upstream::Endpoint,
@@ -99,6 +100,8 @@ pub struct RequestCtx {
     /// The body length the client declared (`Content-Length`, or an exact size hint), read once by the request
     /// filter.
     pub declared_body: Option<u64>,
+    /// Set by the response phase (see [`Answer::raw_headers`]).
+    raw_headers: Option<h1::RawHeaders>,
 }
 
 /// A refusal or failure the proxy answers itself. The body says only the class of problem and the request id.
@@ -160,12 +163,28 @@ impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Syn
 {
 }
 
+/// A request's answer, as the pipeline hands it to the server side that writes it.
+pub struct Answer {
+    pub response: Response<ProxyBody>,
+    /// The upstream's headers as it wrote them, to be written after those of `response` (see
+    /// [`h1::RawHeaders`]).
+    pub raw_headers: Option<h1::RawHeaders>,
+}
+
+impl Answer {
+    /// The answer as one `Response`, for a writer that takes header maps only (hyper's).
+    #[must_use]
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut response = self.response;
+        if let Some(raw) = &self.raw_headers {
+            h1::materialize(response.headers_mut(), raw);
+        }
+        response
+    }
+}
+
 /// Answers one request; never fails (every failure becomes a response).
-pub async fn handle<B: ClientBody>(
-    proxy: Arc<Proxy>,
-    conn: Arc<ConnInfo>,
-    req: Request<B>,
-) -> Response<ProxyBody> {
+pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
     let generation = proxy.current.load_full();
     let id = proxy.next_request_id();
     let mut ctx = RequestCtx {
@@ -185,6 +204,7 @@ pub async fn handle<B: ClientBody>(
         verdict: "allow",
         bytes_in: Arc::new(AtomicU64::new(0)),
         declared_body: None,
+        raw_headers: None,
     };
     let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -195,7 +215,11 @@ pub async fn handle<B: ClientBody>(
             error_response(reject, &ctx.id)
         }
     };
-    finish(&proxy, ctx, resp)
+    let raw_headers = ctx.raw_headers.take();
+    Answer {
+        response: finish(&proxy, ctx, resp),
+        raw_headers,
+    }
 }
 
 async fn run_phases<B: ClientBody>(
@@ -701,7 +725,7 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 
 /// Phase 7.
 fn response(
-    ctx: &RequestCtx,
+    ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
     mut resp: Response<UpstreamBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
@@ -718,6 +742,7 @@ fn response(
         return error_response(Reject::BadGateway, &ctx.id);
     }
     strip_hop_by_hop(resp.headers_mut());
+    ctx.raw_headers = resp.body_mut().take_raw_headers();
     resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
 }
 

@@ -186,6 +186,7 @@ impl WorkerPool {
             tail: tail.filter(|t| !t.is_sent()),
             framing: head.framing,
             home: reusable.then(|| (self.clone(), endpoint)),
+            raw_headers: head.raw,
         });
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
@@ -437,6 +438,9 @@ pub struct UpstreamBody {
     framing: Framing,
     /// Where the connection goes back, if it may carry another request.
     home: Option<(Arc<WorkerPool>, SocketAddr)>,
+    /// The response's headers as the upstream wrote them, when they are not in its header map. Kept here, not
+    /// in the response's extensions: those cost three allocations per response.
+    raw_headers: Option<h1::RawHeaders>,
 }
 
 impl UpstreamBody {
@@ -469,6 +473,11 @@ impl UpstreamBody {
         self.conn = None;
         self.tail = None;
         Poll::Ready(Some(Err(e.into())))
+    }
+
+    /// The response's headers still to be written after those in its header map (see [`h1::RawHeaders`]).
+    pub fn take_raw_headers(&mut self) -> Option<h1::RawHeaders> {
+        self.raw_headers.take()
     }
 
     /// After a 101: the connection, and what the upstream sent after the head, for the tunnel.
