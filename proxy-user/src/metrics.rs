@@ -193,19 +193,18 @@ impl Metrics {
                 cache.owner = self.id;
                 cache.routes.clear();
             }
-            if !cache.routes.contains_key(route) {
-                cache.routes.insert(route.to_owned(), Vec::new());
-            }
-            let Some(by_status) = cache.routes.get_mut(route) else {
-                return;
-            };
-            if let Some(h) = by_status.iter().find(|h| h.status == status) {
+            // One lookup when the handles are known, as they are for all but a route's first request per status.
+            if let Some(h) = cache
+                .routes
+                .get(route)
+                .and_then(|by_status| by_status.iter().find(|h| h.status == status))
+            {
                 observe(h);
-            } else {
-                let h = self.request_handles(route, status);
-                observe(&h);
-                by_status.push(h);
+                return;
             }
+            let h = self.request_handles(route, status);
+            observe(&h);
+            cache.routes.entry(route.to_owned()).or_default().push(h);
         });
     }
 

@@ -189,8 +189,12 @@ async fn write_response<I: AsyncWrite + Unpin>(
     };
     out.clear();
     DATE.with_borrow_mut(|date| {
-        let raw = answer.raw_headers.as_ref();
-        h1::encode_response_head(out, status, &parts.headers, raw, framing, keep_alive, date.now());
+        let headers = h1::ResponseHeaders {
+            map: &parts.headers,
+            extra: answer.request_id.as_ref().map(|(name, value)| (name, value)),
+            raw: answer.raw_headers.as_ref(),
+        };
+        h1::encode_response_head(out, status, &headers, framing, keep_alive, date.now());
     });
     drop(parts);
     let mut complete = true;

@@ -662,18 +662,32 @@ pub enum ResponseFraming {
     Chunked,
 }
 
-/// Writes a response's status line, its headers (`headers`, then the upstream's `raw` lines), the framing
-/// header `framing` calls for (any framing header among `headers` is dropped unless the response is
-/// bodiless), a `date` if it has none, and `connection: close` unless `keep_alive`.
+/// A response's headers as the front writes them, in this order.
+#[derive(Clone, Copy)]
+pub struct ResponseHeaders<'a> {
+    pub map: &'a HeaderMap,
+    /// One header the proxy adds last (the request id).
+    pub extra: Option<(&'a http::HeaderName, &'a HeaderValue)>,
+    /// The upstream's own, as it wrote them.
+    pub raw: Option<&'a RawHeaders>,
+}
+
+/// Writes a response's status line, its headers, the framing header `framing` calls for (any framing header in
+/// the map is dropped unless the response is bodiless), a `date` if it has none, and `connection: close` unless
+/// `keep_alive`.
 pub fn encode_response_head(
     out: &mut BytesMut,
     status: StatusCode,
-    headers: &HeaderMap,
-    raw: Option<&RawHeaders>,
+    headers: &ResponseHeaders<'_>,
     framing: ResponseFraming,
     keep_alive: bool,
     date: &[u8],
 ) {
+    let ResponseHeaders {
+        map: headers,
+        extra,
+        raw,
+    } = *headers;
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.as_str().as_bytes());
     out.extend_from_slice(b" ");
@@ -686,6 +700,12 @@ pub fn encode_response_head(
         {
             continue;
         }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some((name, value)) = extra {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -876,8 +896,11 @@ mod tests {
         encode_response_head(
             &mut out,
             h.status,
-            &HeaderMap::new(),
-            h.raw.as_ref(),
+            &ResponseHeaders {
+                map: &HeaderMap::new(),
+                extra: None,
+                raw: h.raw.as_ref(),
+            },
             ResponseFraming::Length(3),
             true,
             b"NOW",
@@ -1055,7 +1078,12 @@ mod tests {
             );
         }
         let mut out = BytesMut::new();
-        encode_response_head(&mut out, StatusCode::OK, &map, None, framing, keep_alive, b"DATE");
+        let headers = ResponseHeaders {
+            map: &map,
+            extra: None,
+            raw: None,
+        };
+        encode_response_head(&mut out, StatusCode::OK, &headers, framing, keep_alive, b"DATE");
         String::from_utf8(out.to_vec()).unwrap()
     }
 

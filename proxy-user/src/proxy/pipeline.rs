@@ -163,11 +163,14 @@ impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Syn
 {
 }
 
-/// A request's answer, as the pipeline hands it to the server side that writes it.
+/// A request's answer, as the pipeline hands it to the server side that writes it. The headers the proxy adds
+/// last and the upstream's unparsed ones travel beside the response, so that a writer of HTTP/1.1 puts them on
+/// the wire without building a header map for them.
 pub struct Answer {
     pub response: Response<ProxyBody>,
-    /// The upstream's headers as it wrote them, to be written after those of `response` (see
-    /// [`h1::RawHeaders`]).
+    /// The request id header.
+    pub request_id: Option<(HeaderName, HeaderValue)>,
+    /// The upstream's headers as it wrote them (see [`h1::RawHeaders`]).
     pub raw_headers: Option<h1::RawHeaders>,
 }
 
@@ -178,6 +181,9 @@ impl Answer {
         let mut response = self.response;
         if let Some(raw) = &self.raw_headers {
             h1::materialize(response.headers_mut(), raw);
+        }
+        if let Some((name, value)) = self.request_id {
+            response.headers_mut().insert(name, value);
         }
         response
     }
@@ -216,8 +222,13 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
         }
     };
     let raw_headers = ctx.raw_headers.take();
+    let request_id = ctx
+        .id_header
+        .clone()
+        .map(|id| (ctx.generation.request_id_header.clone(), id));
     Answer {
         response: finish(&proxy, ctx, resp),
+        request_id,
         raw_headers,
     }
 }
@@ -792,12 +803,8 @@ fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
     resp
 }
 
-/// Adds the request id and arranges phase 8 for when the body is done.
-fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, mut resp: Response<ProxyBody>) -> Response<ProxyBody> {
-    if let Some(id) = &ctx.id_header {
-        resp.headers_mut()
-            .insert(ctx.generation.request_id_header.clone(), id.clone());
-    }
+/// Arranges phase 8 for when the body is done.
+fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, resp: Response<ProxyBody>) -> Response<ProxyBody> {
     let status = resp.status();
     let proxy = proxy.clone();
     resp.map(|b| {
