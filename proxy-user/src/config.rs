@@ -286,7 +286,9 @@ pub struct Timeouts {
     /// Time for a client to send a complete request head (slowloris guard).
     #[serde(default = "default_header_read", with = "humantime_serde")]
     pub header_read: Duration,
-    /// A connection with no traffic for this long is closed (after its in-flight requests finish).
+    /// A connection with no traffic for this long is closed (after its in-flight requests finish). On HTTP/1.1
+    /// a response that the client stops reading, or whose body the upstream stops sending, for this long is
+    /// cut as well.
     #[serde(default = "default_idle", with = "humantime_serde")]
     pub idle: Duration,
     #[serde(default = "default_upstream_connect", with = "humantime_serde")]

@@ -27,7 +27,7 @@ use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt as _, Empty};
 use tokio::{
     io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
-    time::{Instant, Sleep},
+    time::Instant,
 };
 
 use super::{
@@ -36,6 +36,7 @@ use super::{
     generation::Generation,
     h1::{self, RequestHead, ResponseFraming},
     pipeline::{self, Answer, ConnInfo},
+    timer::Timer,
 };
 
 /// How the fast path left a connection.
@@ -340,40 +341,6 @@ async fn write_timed<I: AsyncWrite + Unpin>(
         written = write => written,
         () = timer.expired() => {
             Err(io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for the idle timeout"))
-        }
-    }
-}
-
-/// A connection's one timer. Its deadline moves with every request, but the registered [`Sleep`] moves only
-/// when it fires before the deadline or the deadline comes earlier, so a request usually costs no timer work.
-struct Timer {
-    sleep: Pin<Box<Sleep>>,
-    deadline: Instant,
-}
-
-impl Timer {
-    fn new(deadline: Instant) -> Self {
-        Self {
-            sleep: Box::pin(tokio::time::sleep_until(deadline)),
-            deadline,
-        }
-    }
-
-    fn set(&mut self, deadline: Instant) {
-        self.deadline = deadline;
-        if deadline < self.sleep.deadline() {
-            self.sleep.as_mut().reset(deadline);
-        }
-    }
-
-    /// Completes once the deadline has passed.
-    async fn expired(&mut self) {
-        loop {
-            self.sleep.as_mut().await;
-            if Instant::now() >= self.deadline {
-                return;
-            }
-            self.sleep.as_mut().reset(self.deadline);
         }
     }
 }

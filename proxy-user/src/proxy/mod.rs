@@ -13,6 +13,7 @@ pub mod pipeline;
 pub mod pool;
 pub mod router;
 pub mod server;
+pub mod timer;
 pub mod tls;
 pub mod upstream;
 

@@ -551,16 +551,16 @@ async fn upstream_request(
     };
     let timeout = ctx.generation.timeouts().upstream_response;
     let pool = ctx.generation.upstream_pool().clone();
-    match tokio::time::timeout(timeout, pool.send(endpoint.addr, req)).await {
-        Ok(Ok(resp)) => {
+    match pool.send(endpoint.addr, req, timeout).await {
+        Ok(resp) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
         }
-        Ok(Err(e)) if is_length_limit(&e) => {
+        Err(e) if is_length_limit(&e) => {
             ctx.verdict = "limit";
             Err(Reject::PayloadTooLarge)
         }
-        Ok(Err(e)) => {
+        Err(e) if !e.is_timeout() => {
             let kind = if e.is_connect() { "connect" } else { "protocol" };
             proxy
                 .metrics

@@ -30,6 +30,7 @@ use tokio::{
 use super::{
     body::{BoxError, ProxyBody},
     h1::{self, BodyEncoding, Decoded, Framing, ResponseHead, WireError},
+    timer::Timer,
 };
 
 /// Idle connections kept per endpoint and worker, at most.
@@ -62,6 +63,18 @@ impl ExchangeError {
     pub fn is_connect(&self) -> bool {
         matches!(self, Self::Connect { .. } | Self::ConnectTimeout { .. })
     }
+
+    /// No response head arrived within the response timeout.
+    #[must_use]
+    pub fn is_timeout(&self) -> bool {
+        matches!(
+            self,
+            Self::Exchange {
+                source: ExchangeFailure::TimedOut,
+                ..
+            }
+        )
+    }
 }
 
 /// What went wrong on an open connection.
@@ -75,6 +88,8 @@ pub enum ExchangeFailure {
     Wire(#[from] WireError),
     #[error("request body: {0}")]
     RequestBody(#[source] BoxError),
+    #[error("no response head within the response timeout")]
+    TimedOut,
 }
 
 /// The upstream connections of one config generation: one [`WorkerPool`] per worker thread.
@@ -108,6 +123,8 @@ impl UpstreamPools {
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// The response deadline of the exchange in progress; taken out while it runs.
+    timer: Option<Timer>,
 }
 
 struct Idle {
@@ -124,13 +141,15 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Sends `req` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to `endpoint` on an idle connection or a new one, and returns
-    /// the response once its head has arrived. The response body hands the connection back to this pool once
-    /// it has been read to the end.
+    /// Sends `req` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to
+    /// `endpoint` on an idle connection or a new one, and returns the response once its head has arrived, which
+    /// must be within `timeout` of the connection being ready. The response body hands the connection back to
+    /// this pool once it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         req: Request<ProxyBody>,
+        timeout: Duration,
     ) -> Result<Response<UpstreamBody>, ExchangeError> {
         let (parts, body) = req.into_parts();
         let encoding = if body.is_end_stream() {
@@ -155,7 +174,7 @@ impl WorkerPool {
                 // every future holding it, larger and slower to move on the hot path.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
-            match conn.exchange(&head, &mut tail, &parts.method).await {
+            match conn.exchange(&head, &mut tail, &parts.method, timeout).await {
                 Ok(head) => return Ok(self.response(endpoint, conn, head, tail)),
                 // A connection the upstream closed while it sat idle, and the request can be sent again whole
                 // (no body byte was taken yet): try the next one.
@@ -243,6 +262,7 @@ impl WorkerPool {
         Ok(Conn {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            timer: None,
         })
     }
 }
@@ -266,7 +286,27 @@ impl Conn {
     /// Writes the request head, then sends the body (if any) while the response head is awaited, so an upstream
     /// that answers early (a 413, or an echo that streams back as it reads) is heard. What is left of the body
     /// when the head arrives stays in `tail`, for the response body to finish sending.
+    /// Writes `head` (and the body, alongside) and reads the response head, within `timeout`.
     async fn exchange(
+        &mut self,
+        head: &[u8],
+        tail: &mut Option<RequestTail>,
+        method: &Method,
+        timeout: Duration,
+    ) -> Result<ResponseHead, ExchangeFailure> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut timer = self.timer.take().unwrap_or_else(|| Timer::new(deadline));
+        timer.set(deadline);
+        let exchanged = tokio::select! {
+            biased;
+            exchanged = self.send_and_read_head(head, tail, method) => exchanged,
+            () = timer.expired() => Err(ExchangeFailure::TimedOut),
+        };
+        self.timer = Some(timer);
+        exchanged
+    }
+
+    async fn send_and_read_head(
         &mut self,
         head: &[u8],
         tail: &mut Option<RequestTail>,
