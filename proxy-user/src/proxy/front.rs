@@ -52,6 +52,8 @@ pub enum Served<I> {
 const READ_RESERVE: usize = 4096;
 /// Response bytes gathered before a write, so a head and a small body leave in one `write`.
 const WRITE_GATHER: usize = 16 * 1024;
+/// The response buffer's first size: a typical API answer's head and body.
+const OUT_INITIAL: usize = 1024;
 /// How long a closing connection may take to say goodbye (TLS `close_notify`, the FIN).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
@@ -71,7 +73,9 @@ where
     let (max_headers, max_head) = (limits.max_headers, limits.max_header_bytes);
     let (header_read, idle) = (generation.timeouts().header_read, generation.timeouts().idle);
     let mut buf = BytesMut::with_capacity(READ_RESERVE);
-    let mut out = BytesMut::with_capacity(WRITE_GATHER);
+    // Grows to what the connection's responses need (at most twice `WRITE_GATHER`) and is reused: an idle
+    // keep-alive connection should not hold 16 KiB it has never needed.
+    let mut out = BytesMut::with_capacity(OUT_INITIAL);
     let mut timer = Timer::new(accepted + header_read);
     // The first head is on the `header_read` clock from accept; later ones from their first partial read.
     let mut head_clock = true;
