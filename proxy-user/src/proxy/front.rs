@@ -22,7 +22,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, StatusCode};
+use http::Method;
 use http_body::{Body as _, Frame};
 use http_body_util::{BodyExt as _, Empty};
 use tokio::{
@@ -179,11 +179,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
 ) -> io::Result<bool> {
     let (parts, mut body) = answer.response.into_parts();
     let status = parts.status;
-    let framing = if head_only
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
+    let framing = if h1::is_bodiless(head_only, status) {
         ResponseFraming::Bodiless
     } else if body.is_end_stream() {
         ResponseFraming::Length(0)

@@ -67,6 +67,15 @@ pub struct ResponseHead {
     pub keep_alive: bool,
 }
 
+/// A response that carries no body whatever its head says (RFC 9112 §6.3): to `HEAD`, 1xx, 204, 304.
+#[must_use]
+pub fn is_bodiless(to_head: bool, status: StatusCode) -> bool {
+    to_head
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+}
+
 /// Parses one response head off the front of `buf`. `Ok(None)`: not complete yet (read more). Interim 1xx
 /// responses other than 101 are returned too; the caller skips them.
 pub fn parse_response_head(
@@ -98,24 +107,14 @@ pub fn parse_response_head(
     } else {
         Version::HTTP_11
     };
-    // httparse's slices borrow `buf`; their offsets outlive that borrow, so the head can be split off and its
-    // values kept as slices of it (as hyper keeps them: no copy per header).
     let base = buf.as_ptr() as usize;
     // Filled in place: `collect` would move the 4 KiB array once more.
     let mut spans: SmallVec<[HeaderSpan; MAX_RESPONSE_HEADERS]> = SmallVec::new();
     for h in parsed.headers.iter() {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        spans.push(HeaderSpan {
-            name: (name, name + h.name.len()),
-            value: (value, value + h.value.len()),
-        });
+        spans.push(HeaderSpan::of(base, h));
     }
     let head = buf.split_to(len).freeze();
-    let no_body = *request_method == Method::HEAD
-        || status.is_informational()
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED;
+    let no_body = is_bodiless(*request_method == Method::HEAD, status);
     // What the head says about this hop; which headers go on; and whether they can go on as written.
     let mut hop = HopHeaders::default();
     let mut forward = [false; MAX_RESPONSE_HEADERS];
@@ -136,10 +135,11 @@ pub fn parse_response_head(
                 .sum(),
         );
         for span in forwarded() {
-            lines.extend_from_slice(&head[span.name.0..span.name.1]);
-            lines.extend_from_slice(b": ");
-            lines.extend_from_slice(&head[span.value.0..span.value.1]);
-            lines.extend_from_slice(b"\r\n");
+            put_header_line(
+                &mut lines,
+                &head[span.name.0..span.name.1],
+                &head[span.value.0..span.value.1],
+            );
         }
         let raw = RawHeaders {
             lines: lines.freeze(),
@@ -186,6 +186,63 @@ pub fn parse_response_head(
 struct HeaderSpan {
     name: (usize, usize),
     value: (usize, usize),
+}
+
+impl HeaderSpan {
+    /// The offsets of httparse's slices into the buffer at `base`: they outlive the borrow of the buffer, so the
+    /// head can be split off and its names and values taken as slices of it (as hyper does: no copy per header).
+    fn of(base: usize, h: &httparse::Header<'_>) -> Self {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        Self {
+            name: (name, name + h.name.len()),
+            value: (value, value + h.value.len()),
+        }
+    }
+}
+
+/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors). A `static`, not a `const`: a `const` array
+/// of names is built and dropped again at every use. The response phase removes these from a header map; the
+/// wire parser tells them apart in raw heads; both through [`hop_by_hop_index`].
+pub static HOP_BY_HOP: [http::HeaderName; 9] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+    header::PROXY_AUTHENTICATE,
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+];
+/// Where `Connection` and `Transfer-Encoding` sit in [`HOP_BY_HOP`].
+pub const HOP_CONNECTION: usize = 0;
+const HOP_TRANSFER_ENCODING: usize = 3;
+
+/// Where `name` (in any case) sits in [`HOP_BY_HOP`]. By length first: most names are told apart without
+/// comparing a byte.
+#[must_use]
+pub fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
+    let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
+    let i = match name.len() {
+        2 if is(b"te") => 1,
+        7 if is(b"trailer") => 2,
+        7 if is(b"upgrade") => 4,
+        10 if is(b"connection") => HOP_CONNECTION,
+        10 if is(b"keep-alive") => 7,
+        16 if is(b"proxy-connection") => 8,
+        17 if is(b"transfer-encoding") => HOP_TRANSFER_ENCODING,
+        18 if is(b"proxy-authenticate") => 6,
+        19 if is(b"proxy-authorization") => 5,
+        _ => return None,
+    };
+    debug_assert!(is(HOP_BY_HOP[i].as_str().as_bytes()));
+    Some(i)
+}
+
+/// The tokens of a comma-separated header value (`Connection`, `Upgrade`...), trimmed.
+pub fn list_tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value.split(|&b| b == b',').map(<[u8]>::trim_ascii)
 }
 
 /// The hop-by-hop part of a response head, read header by header.
@@ -236,7 +293,7 @@ impl HopHeaders {
             }
             NameKind::Connection => {
                 let mut names_others = false;
-                for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                for token in list_tokens(value) {
                     let is_close = token.eq_ignore_ascii_case(b"close");
                     let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
                     self.close |= is_close;
@@ -266,28 +323,22 @@ enum NameKind {
     ContentLength,
     TransferEncoding,
     Connection,
-    /// The rest of the classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors): a response carrying one
-    /// goes through the response phase's removal as a header map.
+    /// The rest of [`HOP_BY_HOP`]: a response carrying one goes through the response phase's removal as a
+    /// header map.
     OtherHopByHop,
     Date,
     EndToEnd,
 }
 
 impl NameKind {
-    /// By length first: most names are told apart without comparing a byte.
     fn of(name: &[u8]) -> Self {
-        let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
-        match name.len() {
-            2 if is(b"te") => Self::OtherHopByHop,
-            4 if is(b"date") => Self::Date,
-            7 if is(b"trailer") || is(b"upgrade") => Self::OtherHopByHop,
-            10 if is(b"connection") => Self::Connection,
-            10 if is(b"keep-alive") => Self::OtherHopByHop,
-            14 if is(b"content-length") => Self::ContentLength,
-            16 if is(b"proxy-connection") => Self::OtherHopByHop,
-            17 if is(b"transfer-encoding") => Self::TransferEncoding,
-            18 if is(b"proxy-authenticate") => Self::OtherHopByHop,
-            _ => Self::EndToEnd,
+        match hop_by_hop_index(name) {
+            Some(HOP_CONNECTION) => Self::Connection,
+            Some(HOP_TRANSFER_ENCODING) => Self::TransferEncoding,
+            Some(_) => Self::OtherHopByHop,
+            None if name.eq_ignore_ascii_case(b"content-length") => Self::ContentLength,
+            None if name.eq_ignore_ascii_case(b"date") => Self::Date,
+            None => Self::EndToEnd,
         }
     }
 }
@@ -321,6 +372,15 @@ pub fn materialize(headers: &mut HeaderMap, raw: &RawHeaders) {
         }
         at = end + 2;
     }
+}
+
+/// One `name: value` header line. Names and values cannot hold CR or LF (`http` and httparse refuse them), so a
+/// line cannot split the head.
+fn put_header_line(out: &mut impl bytes::BufMut, name: &[u8], value: &[u8]) {
+    out.put_slice(name);
+    out.put_slice(b": ");
+    out.put_slice(value);
+    out.put_slice(b"\r\n");
 }
 
 /// Headers a response head may carry (hyper's client allowed 100); httparse's slots for them live on the stack.
@@ -379,10 +439,7 @@ pub fn encode_request_head(
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match body {
         // A body-less POST/PUT/PATCH still says so: some servers wait for a length otherwise.
@@ -600,7 +657,7 @@ pub fn parse_simple_request(buf: &mut BytesMut, max_headers: usize, max_head: us
             value != b"0"
         } else if name.eq_ignore_ascii_case(b"connection") {
             let mut upgrade = false;
-            for token in value.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+            for token in list_tokens(value) {
                 keep_alive &= !token.eq_ignore_ascii_case(b"close");
                 upgrade |= token.eq_ignore_ascii_case(b"upgrade");
             }
@@ -613,12 +670,7 @@ pub fn parse_simple_request(buf: &mut BytesMut, max_headers: usize, max_head: us
         if refused {
             return RequestHead::Other;
         }
-        let name_at = h.name.as_ptr() as usize - base;
-        let value_at = h.value.as_ptr() as usize - base;
-        spans.push(HeaderSpan {
-            name: (name_at, name_at + h.name.len()),
-            value: (value_at, value_at + h.value.len()),
-        });
+        spans.push(HeaderSpan::of(base, h));
     }
     let head = buf.split_to(len).freeze();
     let Some((uri, headers)) = request_parts(&head, path_span, &spans) else {
@@ -700,16 +752,10 @@ pub fn encode_response_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some((name, value)) = extra {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some(raw) = raw {
         out.extend_from_slice(&raw.lines);
@@ -876,6 +922,7 @@ mod tests {
         for raw in [
             "HTTP/1.1 200 OK\r\nConnection: x-hop\r\nX-Hop: 1\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nContent-Length: 0\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nProxy-Authorization: Basic eA==\r\nContent-Length: 0\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         ] {
             let h = head(raw, &get).unwrap().unwrap();

@@ -33,7 +33,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
-    h1,
+    h1::{self, HOP_BY_HOP, HOP_CONNECTION, hop_by_hop_index},
     pool::UpstreamBody,
     router::{Route, RouteMatch},
     upstream::Endpoint,
@@ -653,50 +653,18 @@ fn rewrite_request_headers(
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// The classic hop-by-hop set (RFC 9110 §7.6.1 and its predecessors), `Connection` first. A `static`, not a
-/// `const`: a `const` array of names is built and dropped again at every use.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    CONNECTION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    UPGRADE,
-    header::PROXY_AUTHORIZATION,
-    header::PROXY_AUTHENTICATE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
-/// Where `name` sits in [`HOP_BY_HOP`]: one string match instead of nine name comparisons.
-fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
-    let i = match name.as_str() {
-        "connection" => 0,
-        "te" => 1,
-        "trailer" => 2,
-        "transfer-encoding" => 3,
-        "upgrade" => 4,
-        "proxy-authorization" => 5,
-        "proxy-authenticate" => 6,
-        "keep-alive" => 7,
-        "proxy-connection" => 8,
-        _ => return None,
-    };
-    debug_assert_eq!(HOP_BY_HOP[i], name);
-    Some(i)
-}
-
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // One pass over the message's few names finds which of the nine are there (most carry none, or only
     // `Connection`); only those are removed, instead of nine hashed removals.
     let mut present = [false; HOP_BY_HOP.len()];
     for name in headers.keys() {
-        if let Some(i) = hop_by_hop_index(name) {
+        if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
             present[i] = true;
         }
     }
     // `Connection: keep-alive` (or `close`) alone, by far the most common, names nothing else to remove.
-    let names_others = present[0]
+    let names_others = present[HOP_CONNECTION]
         && headers.get_all(CONNECTION).iter().any(|v| {
             !(v.as_bytes().eq_ignore_ascii_case(b"keep-alive") || v.as_bytes().eq_ignore_ascii_case(b"close"))
         });
@@ -704,16 +672,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| h1::list_tokens(v.as_bytes()))
             // `keep-alive`, `close`, `upgrade`...: no header to remove, or removed below anyway; an empty
             // list allocates nothing.
-            .filter(|t| {
-                !t.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP.iter().any(|h| t.eq_ignore_ascii_case(h.as_str()))
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .filter(|t| !t.eq_ignore_ascii_case(b"close") && hop_by_hop_index(t).is_none())
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for name in named {
             headers.remove(name);
@@ -729,9 +692,8 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
         && headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            .flat_map(|v| h1::list_tokens(v.as_bytes()))
+            .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
 /// Phase 7.
@@ -855,10 +817,10 @@ mod tests {
     #[test]
     fn hop_by_hop_index_agrees_with_the_list() {
         for (i, name) in HOP_BY_HOP.iter().enumerate() {
-            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+            assert_eq!(hop_by_hop_index(name.as_str().as_bytes()), Some(i), "{name}");
         }
-        assert_eq!(hop_by_hop_index(&CONTENT_TYPE), None);
-        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-connection")), None);
+        assert_eq!(hop_by_hop_index(CONTENT_TYPE.as_str().as_bytes()), None);
+        assert_eq!(hop_by_hop_index(b"x-connection"), None);
     }
 
     #[test]

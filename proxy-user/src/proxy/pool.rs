@@ -283,10 +283,7 @@ fn is_quiet(io: &TcpStream) -> bool {
 }
 
 impl Conn {
-    /// Writes the request head, then sends the body (if any) while the response head is awaited, so an upstream
-    /// that answers early (a 413, or an echo that streams back as it reads) is heard. What is left of the body
-    /// when the head arrives stays in `tail`, for the response body to finish sending.
-    /// Writes `head` (and the body, alongside) and reads the response head, within `timeout`.
+    /// [`Self::send_and_read_head`] within `timeout`, on the connection's own timer.
     async fn exchange(
         &mut self,
         head: &[u8],
@@ -306,6 +303,9 @@ impl Conn {
         exchanged
     }
 
+    /// Writes the request head, then sends the body (if any) while the response head is awaited, so an upstream
+    /// that answers early (a 413, or an echo that streams back as it reads) is heard. What is left of the body
+    /// when the head arrives stays in `tail`, for the response body to finish sending.
     async fn send_and_read_head(
         &mut self,
         head: &[u8],
