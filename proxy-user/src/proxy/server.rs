@@ -99,16 +99,20 @@ async fn serve_connection(
     let generation = proxy.current.load_full();
     // Nagle only delays small responses; a failure here changes nothing that matters.
     let _ = tcp.set_nodelay(true);
-    let activity = Arc::new(Activity::new());
-    let tcp = ActivityIo {
-        inner: tcp,
-        activity: activity.clone(),
-    };
     let acceptor = generation.tls.get(index).cloned().flatten();
     let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some(), guard));
     let header_read = generation.timeouts().header_read;
     match acceptor {
-        None => drive(proxy, generation, tcp, conn, activity, Front::Http1(accepted)).await,
+        None => {
+            drive(
+                proxy,
+                generation,
+                ClientIo::new(tcp),
+                conn,
+                Front::Http1(accepted),
+            )
+            .await;
+        }
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
@@ -122,7 +126,7 @@ async fn serve_connection(
                     } else {
                         Front::Http1(accepted)
                     };
-                    drive(proxy, generation, tls, conn, activity, front).await;
+                    drive(proxy, generation, ClientIo::new(tls), conn, front).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -142,21 +146,23 @@ enum Front {
 async fn drive<I>(
     proxy: Arc<Proxy>,
     generation: Arc<super::generation::Generation>,
-    io: I,
+    io: ClientIo<I>,
     conn: Arc<ConnInfo>,
-    activity: Arc<Activity>,
     front: Front,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, unread) = match front {
+    let io = match front {
         Front::Http1(accepted) => match front::serve(&proxy, &generation, io, &conn, accepted).await {
             Served::Closed => return,
-            Served::Handoff { io, unread } => (io, unread),
+            Served::Handoff { mut io, unread } => {
+                io.unread = unread;
+                io
+            }
         },
-        Front::Hyper => (io, Bytes::new()),
+        Front::Hyper => io,
     };
-    let io = Rewind { unread, inner: io };
+    let activity = io.activity.clone();
     let svc_proxy = proxy.clone();
     let svc_conn = conn.clone();
     let service = service_fn(move |req| {
@@ -236,18 +242,36 @@ impl Activity {
     }
 }
 
-/// A stream that records activity for the idle timeout.
-struct ActivityIo<T> {
+/// A client connection's stream (after TLS): it records activity for hyper's idle timeout, and its first reads
+/// return `unread`, the bytes the fast path read before handing the connection to hyper.
+struct ClientIo<T> {
     inner: T,
     activity: Arc<Activity>,
+    unread: Bytes,
 }
 
-impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
+impl<T> ClientIo<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            activity: Arc::new(Activity::new()),
+            unread: Bytes::new(),
+        }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for ClientIo<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if !self.unread.is_empty() {
+            let n = self.unread.len().min(buf.remaining());
+            buf.put_slice(&self.unread[..n]);
+            self.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
@@ -257,7 +281,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for ActivityIo<T> {
     }
 }
 
-impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
+impl<T: AsyncWrite + Unpin> AsyncWrite for ClientIo<T> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, data);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
@@ -276,55 +300,6 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ActivityIo<T> {
             self.activity.touch();
         }
         polled
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// A stream whose first reads return `unread`: the bytes the fast path read before handing the connection to
-/// hyper.
-struct Rewind<T> {
-    unread: Bytes,
-    inner: T,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Rewind<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.unread.is_empty() {
-            return Pin::new(&mut self.inner).poll_read(cx, buf);
-        }
-        let n = self.unread.len().min(buf.remaining());
-        buf.put_slice(&self.unread[..n]);
-        self.unread.advance(n);
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
