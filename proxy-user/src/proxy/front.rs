@@ -198,83 +198,142 @@ async fn write_response<I: AsyncWrite + Unpin>(
         h1::encode_response_head(out, status, &headers, framing, keep_alive, date.now());
     });
     drop(parts);
-    let mut complete = true;
-    match framing {
+    let mut w = Writer { io, out, timer, idle };
+    let complete = match framing {
         // One poll lets a finished upstream body hand its connection back to the pool; anything it would have
         // sent is not for the wire.
-        ResponseFraming::Bodiless => drop(poll_once(&mut body).await),
+        ResponseFraming::Bodiless => {
+            drop(poll_once(&mut body).await);
+            true
+        }
         ResponseFraming::Length(declared) => {
             let mut left = declared;
-            while let Some(data) = next_data(io, out, &mut body, timer, idle, &mut complete).await? {
-                let Some(rest) = left.checked_sub(data.len() as u64) else {
-                    // Longer than declared: the extra bytes would be read as the next response.
-                    complete = false;
-                    break;
-                };
-                left = rest;
-                push(io, out, &data, timer, idle).await?;
-            }
-            complete &= left == 0;
-        }
-        ResponseFraming::Chunked => {
-            while let Some(data) = next_data(io, out, &mut body, timer, idle, &mut complete).await? {
-                if data.len() <= WRITE_GATHER {
-                    h1::encode_chunk_into(out, &data);
-                } else {
-                    h1::encode_chunk_size(out, data.len());
-                    push(io, out, &data, timer, idle).await?;
-                    out.extend_from_slice(b"\r\n");
-                }
-                if out.len() >= WRITE_GATHER {
-                    flush(io, out, timer, idle).await?;
+            loop {
+                match w.next_data(&mut body).await? {
+                    Next::Data(data) => {
+                        // Longer than declared: the extra bytes would be read as the next response.
+                        let Some(rest) = left.checked_sub(data.len() as u64) else {
+                            break false;
+                        };
+                        left = rest;
+                        w.push(&data).await?;
+                    }
+                    Next::End => break left == 0,
+                    Next::Failed => break false,
                 }
             }
-            // A body that failed part-way ends without the last chunk, so the client sees it truncated.
-            if complete {
-                out.extend_from_slice(h1::LAST_CHUNK);
-            }
         }
-    }
+        ResponseFraming::Chunked => loop {
+            match w.next_data(&mut body).await? {
+                Next::Data(data) if data.len() <= WRITE_GATHER => {
+                    h1::encode_chunk_into(w.out, &data);
+                    if w.out.len() >= WRITE_GATHER {
+                        w.flush().await?;
+                    }
+                }
+                Next::Data(data) => {
+                    h1::encode_chunk_size(w.out, data.len());
+                    w.push(&data).await?;
+                    w.out.extend_from_slice(b"\r\n");
+                }
+                Next::End => {
+                    w.out.extend_from_slice(h1::LAST_CHUNK);
+                    break true;
+                }
+                // Ends without the last chunk, so the client sees the body truncated.
+                Next::Failed => break false,
+            }
+        },
+    };
     // The body's end writes the access line; the last write is the client's business.
     drop(body);
-    flush(io, out, timer, idle).await?;
+    w.flush().await?;
     Ok(keep_alive && complete)
 }
 
-/// The next data frame of `body` (trailers are dropped; HTTP/1.1 clients rarely read them). What is gathered in
-/// `out` is written first if the body has nothing ready. `None` at the end, or after a body error, which clears
-/// `complete`.
-async fn next_data<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    out: &mut BytesMut,
-    body: &mut ProxyBody,
-    timer: &mut Timer,
+/// What a response body gave next.
+enum Next {
+    Data(Bytes),
+    End,
+    /// The body failed part-way: the response cannot be completed, and the connection not reused.
+    Failed,
+}
+
+/// A response on its way out: gathered bytes, and the connection's timer bounding every wait by `idle`.
+struct Writer<'a, I> {
+    io: &'a mut I,
+    out: &'a mut BytesMut,
+    timer: &'a mut Timer,
     idle: Duration,
-    complete: &mut bool,
-) -> io::Result<Option<Bytes>> {
-    loop {
-        let frame = if let Some(frame) = poll_once(body).await {
-            frame
-        } else {
-            flush(io, out, timer, idle).await?;
-            timer.set(Instant::now() + idle);
-            tokio::select! {
-                biased;
-                frame = body.frame() => frame,
-                () = timer.expired() => {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, "response body stalled for the idle timeout"));
+}
+
+impl<I: AsyncWrite + Unpin> Writer<'_, I> {
+    /// The next data frame of `body` (trailers are dropped; HTTP/1.1 clients rarely read them). What is gathered
+    /// is written first if the body has nothing ready.
+    async fn next_data(&mut self, body: &mut ProxyBody) -> io::Result<Next> {
+        loop {
+            let frame = if let Some(frame) = poll_once(body).await {
+                frame
+            } else {
+                self.flush().await?;
+                self.timer.set(Instant::now() + self.idle);
+                tokio::select! {
+                    biased;
+                    frame = body.frame() => frame,
+                    () = self.timer.expired() => {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, "response body stalled for the idle timeout"));
+                    }
+                }
+            };
+            match frame.map(|f| f.map(Frame::into_data)) {
+                None => return Ok(Next::End),
+                Some(Ok(Ok(data))) if data.is_empty() => {}
+                Some(Ok(Ok(data))) => return Ok(Next::Data(data)),
+                Some(Ok(Err(_trailers))) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "response body failed part-way; closing the connection");
+                    return Ok(Next::Failed);
                 }
             }
+        }
+    }
+
+    /// Gathers `data`, or, if it does not fit, writes what is gathered and then `data` itself (no copy).
+    async fn push(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.out.len() + data.len() <= WRITE_GATHER {
+            self.out.extend_from_slice(data);
+            return Ok(());
+        }
+        self.flush().await?;
+        self.write(data).await
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        // Taken out for the write and put back, so its capacity is reused.
+        let out = std::mem::take(&mut *self.out);
+        let written = self.write(&out).await;
+        *self.out = out;
+        self.out.clear();
+        written
+    }
+
+    /// Writes and flushes `data` (TLS holds written bytes until flushed); a client that reads nothing for `idle`
+    /// is cut. That deadline stays set afterwards, as the idle timeout before the next request.
+    async fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.timer.set(Instant::now() + self.idle);
+        let io = &mut *self.io;
+        let write = async {
+            io.write_all(data).await?;
+            io.flush().await
         };
-        match frame.map(|f| f.map(Frame::into_data)) {
-            None => return Ok(None),
-            Some(Ok(Ok(data))) if data.is_empty() => {}
-            Some(Ok(Ok(data))) => return Ok(Some(data)),
-            Some(Ok(Err(_trailers))) => {}
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "response body failed part-way; closing the connection");
-                *complete = false;
-                return Ok(None);
+        tokio::select! {
+            biased;
+            written = write => written,
+            () = self.timer.expired() => {
+                Err(io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for the idle timeout"))
             }
         }
     }
@@ -291,58 +350,6 @@ fn poll_once(
             Poll::Pending => None,
         })
     })
-}
-
-/// Gathers `data` into `out`, or, if it does not fit, writes what is gathered and then `data` itself (no copy).
-async fn push<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    out: &mut BytesMut,
-    data: &[u8],
-    timer: &mut Timer,
-    idle: Duration,
-) -> io::Result<()> {
-    if out.len() + data.len() <= WRITE_GATHER {
-        out.extend_from_slice(data);
-        return Ok(());
-    }
-    flush(io, out, timer, idle).await?;
-    write_timed(io, data, timer, idle).await
-}
-
-async fn flush<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    out: &mut BytesMut,
-    timer: &mut Timer,
-    idle: Duration,
-) -> io::Result<()> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    write_timed(io, out, timer, idle).await?;
-    out.clear();
-    Ok(())
-}
-
-/// Writes and flushes `data` (TLS holds written bytes until flushed); a client that reads nothing for `idle`
-/// is cut. That deadline stays set afterwards, as the idle timeout before the next request.
-async fn write_timed<I: AsyncWrite + Unpin>(
-    io: &mut I,
-    data: &[u8],
-    timer: &mut Timer,
-    idle: Duration,
-) -> io::Result<()> {
-    timer.set(Instant::now() + idle);
-    let write = async {
-        io.write_all(data).await?;
-        io.flush().await
-    };
-    tokio::select! {
-        biased;
-        written = write => written,
-        () = timer.expired() => {
-            Err(io::Error::new(io::ErrorKind::TimedOut, "the client read nothing for the idle timeout"))
-        }
-    }
 }
 
 thread_local! {

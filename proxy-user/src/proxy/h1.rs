@@ -222,6 +222,7 @@ const HOP_TRANSFER_ENCODING: usize = 3;
 /// Where `name` (in any case) sits in [`HOP_BY_HOP`]. By length first: most names are told apart without
 /// comparing a byte.
 #[must_use]
+#[inline]
 pub fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     let is = |known: &[u8]| name.eq_ignore_ascii_case(known);
     let i = match name.len() {
@@ -376,6 +377,7 @@ pub fn materialize(headers: &mut HeaderMap, raw: &RawHeaders) {
 
 /// One `name: value` header line. Names and values cannot hold CR or LF (`http` and httparse refuse them), so a
 /// line cannot split the head.
+#[inline]
 fn put_header_line(out: &mut impl bytes::BufMut, name: &[u8], value: &[u8]) {
     out.put_slice(name);
     out.put_slice(b": ");
