@@ -102,7 +102,8 @@ where
                 }
                 RequestHead::Partial if buf.is_empty() => {
                     if draining {
-                        return close(io).await;
+                        close(io).await;
+                        return Served::Closed;
                     }
                 }
                 // Only a head that arrives in pieces pays for moving the timer: the slow-header defence.
@@ -151,7 +152,10 @@ where
         };
         match written {
             Ok(true) => head_clock = false,
-            Ok(false) => return close(io).await,
+            Ok(false) => {
+                close(io).await;
+                return Served::Closed;
+            }
             Err(e) => {
                 tracing::debug!(peer = %conn.peer, error = %e, "response not delivered; closing the connection");
                 return Served::Closed;
@@ -161,9 +165,9 @@ where
     Served::Closed
 }
 
-async fn close<I: AsyncWrite + Unpin, J>(mut io: I) -> Served<J> {
+/// Says goodbye (TLS `close_notify`, the FIN) within [`CLOSE_GRACE`].
+async fn close(mut io: impl AsyncWrite + Unpin) {
     let _ = tokio::time::timeout(CLOSE_GRACE, io.shutdown()).await;
-    Served::Closed
 }
 
 /// Writes one response. `Ok(true)`: the connection may carry another request. Each write, and each wait for
