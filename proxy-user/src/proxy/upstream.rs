@@ -30,8 +30,10 @@ impl Endpoint {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn is_available(&self, now: Instant) -> bool {
-        self.ejected_until().is_none_or(|until| until <= now)
+    /// `now` is read only for an ejected endpoint: the healthy case, every request's, needs no clock.
+    fn is_available(&self, now: &mut Option<Instant>) -> bool {
+        self.ejected_until()
+            .is_none_or(|until| until <= *now.get_or_insert_with(Instant::now))
     }
 }
 
@@ -76,10 +78,10 @@ impl Upstream {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let now = Instant::now();
+        let mut now = None;
         for i in 0..n {
             let idx = (start + i) % n;
-            if self.endpoints[idx].is_available(now) {
+            if self.endpoints[idx].is_available(&mut now) {
                 return Some((idx, &self.endpoints[idx]));
             }
         }
