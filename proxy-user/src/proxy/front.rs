@@ -79,13 +79,14 @@ where
     let mut timer = Timer::new(accepted + header_read);
     // The first head is on the `header_read` clock from accept; later ones from their first partial read.
     let mut head_clock = true;
-    let closed = conn.registration.closed.cancelled();
-    let shutdown = proxy.shutdown.cancelled();
+    let way_out = &conn.registration.closer;
+    let closed = way_out.closed();
+    let shutdown = way_out.draining();
     tokio::pin!(closed, shutdown);
     let mut draining = false;
-    // Each `select!` below polls its main future first: polling a cancellation future costs a lock, and most
-    // main futures are ready at once. A close that lands while they are is seen here, between requests.
-    while !conn.registration.closed.is_cancelled() {
+    // Each `select!` below polls its main future first, as most are ready at once. A close that lands while
+    // they are is seen here, between requests.
+    while !way_out.is_closed() {
         let simple = loop {
             let parsed = if buf.is_empty() {
                 RequestHead::Partial
@@ -144,7 +145,7 @@ where
             answer = pipeline::handle(proxy.clone(), conn.clone(), request) => answer,
             () = &mut closed => return Served::Closed,
         };
-        let keep_alive = simple.keep_alive && !draining && !proxy.shutdown.is_cancelled();
+        let keep_alive = simple.keep_alive && !way_out.is_draining();
         let written = tokio::select! {
             biased;
             written = write_response(&mut io, &mut out, answer, head_only, keep_alive, &mut timer, idle) => written,

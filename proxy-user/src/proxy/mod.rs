@@ -132,6 +132,7 @@ impl RunningProxy {
     pub async fn shutdown(mut self, grace: Duration) {
         self.proxy.ready.store(false, Ordering::Relaxed);
         self.proxy.shutdown.cancel();
+        self.proxy.connections.drain_all();
         let deadline = tokio::time::Instant::now() + grace;
         while self.proxy.connections.total() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;

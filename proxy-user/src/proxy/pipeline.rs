@@ -746,7 +746,7 @@ async fn tunnel(
                 tracing::debug!(%request_id, error = %e, "upgraded connection ended");
             }
         }
-        () = conn.registration.closed.cancelled() => {
+        () = conn.registration.closer.closed() => {
             tracing::debug!(%request_id, "upgraded connection closed by the registry");
         }
     }

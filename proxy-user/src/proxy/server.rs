@@ -116,7 +116,7 @@ async fn serve_connection(
         Some(acceptor) => {
             let handshake = tokio::select! {
                 r = tokio::time::timeout(header_read, acceptor.accept(tcp)) => r,
-                () = conn.registration.closed.cancelled() => return,
+                () = conn.registration.closer.closed() => return,
             };
             match handshake {
                 Ok(Ok(tls)) => {
@@ -180,9 +180,9 @@ async fn drive<I>(
     // The connection is idle from the first tick that saw no I/O since the one before (within one tick).
     let mut seen_ops = activity.ops();
     let mut quiet_since = Instant::now();
-    // Made once: re-creating these futures on every wake-up of the connection costs a lock each.
-    let closed = conn.registration.closed.cancelled();
-    let shutdown = proxy.shutdown.cancelled();
+    // Made once: a wait registers its task on the first poll only.
+    let closed = conn.registration.closer.closed();
+    let shutdown = conn.registration.closer.draining();
     tokio::pin!(closed, shutdown);
     loop {
         tokio::select! {
