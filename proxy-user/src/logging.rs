@@ -269,8 +269,18 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 
 thread_local! {
     /// Each thread formats its access lines in its own buffer, so the queue's lock covers only a copy.
-    static ACCESS_SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    static ACCESS_SCRATCH: RefCell<Scratch> = const { RefCell::new(Scratch { buf: Vec::new(), held: false }) };
 }
+
+/// A thread's access lines on their way to the queue.
+struct Scratch {
+    buf: Vec<u8>,
+    /// Lines gather here until [`HELD_BYTES`] or the thread's next [`flush_held_lines`] (see [`hold_access_lines`]).
+    held: bool,
+}
+
+/// Bytes of access lines a holding thread gathers before it takes the queue's lock.
+const HELD_BYTES: usize = 16 * 1024;
 
 /// Writes one access line (when [`init`] has installed the access stream).
 pub fn access(line: &AccessLine<'_>) {
@@ -279,13 +289,62 @@ pub fn access(line: &AccessLine<'_>) {
     };
     ACCESS_SCRATCH.with(|scratch| {
         // Re-entrancy is impossible (nothing here logs), but a fresh buffer is the safe answer to it anyway.
-        let mut fallback = Vec::new();
-        let mut borrowed = scratch.try_borrow_mut();
-        let buf = borrowed.as_deref_mut().unwrap_or(&mut fallback);
-        buf.clear();
-        line.write_json(SystemTime::now(), buf);
-        sink.push(buf);
+        let Ok(mut scratch) = scratch.try_borrow_mut() else {
+            let mut buf = Vec::new();
+            line.write_json(SystemTime::now(), &mut buf);
+            sink.push(&buf);
+            return;
+        };
+        line.write_json(SystemTime::now(), &mut scratch.buf);
+        if !scratch.held || scratch.buf.len() >= HELD_BYTES {
+            sink.push(&scratch.buf);
+            scratch.buf.clear();
+        }
     });
+}
+
+/// Lets this thread's access lines gather in the thread (up to 16 KiB) before they go to the queue, so a busy
+/// worker takes the queue's lock, which every worker shares, once per few dozen requests rather than once per
+/// request. The thread must call [`flush_held_lines`] on a short tick, so a line waits at most a tick plus the
+/// queue's 200 ms; dropping the guard flushes and ends the holding.
+#[must_use = "the lines are held only while the guard lives"]
+pub fn hold_access_lines() -> HeldLines {
+    ACCESS_SCRATCH.with(|scratch| {
+        if let Ok(mut scratch) = scratch.try_borrow_mut() {
+            scratch.held = true;
+        }
+    });
+    HeldLines {
+        _not_send: std::marker::PhantomData,
+    }
+}
+
+/// Hands this thread's gathered access lines to the queue.
+pub fn flush_held_lines() {
+    ACCESS_SCRATCH.with(|scratch| {
+        if let (Ok(mut scratch), Some(sink)) = (scratch.try_borrow_mut(), ACCESS_SINK.get())
+            && !scratch.buf.is_empty()
+        {
+            sink.push(&scratch.buf);
+            scratch.buf.clear();
+        }
+    });
+}
+
+/// See [`hold_access_lines`]. Tied to its thread.
+pub struct HeldLines {
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for HeldLines {
+    fn drop(&mut self) {
+        flush_held_lines();
+        ACCESS_SCRATCH.with(|scratch| {
+            if let Ok(mut scratch) = scratch.try_borrow_mut() {
+                scratch.held = false;
+            }
+        });
+    }
 }
 
 /// Writes one security event to the `security` stream.

@@ -301,9 +301,20 @@ fn worker(
             }
         }
         let _ = ready.send(Ok(()));
-        stopped.cancelled().await;
+        let _held = crate::logging::hold_access_lines();
+        let mut flush = tokio::time::interval(ACCESS_FLUSH);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stopped.cancelled() => break,
+                _ = flush.tick() => crate::logging::flush_held_lines(),
+            }
+        }
     });
 }
+
+/// How often a worker hands its gathered access lines to the log queue (see `logging::hold_access_lines`).
+const ACCESS_FLUSH: Duration = Duration::from_millis(100);
 
 /// The self-protection loop: the kernel maps when `[xdp]` names interfaces (attached here), and a risk engine
 /// that never bans loopback, the proxy's own addresses, its upstreams or the allowlists.
