@@ -286,15 +286,17 @@ fn request_filter<B: ClientBody>(ctx: &mut RequestCtx, req: &mut Request<B>) -> 
 /// Phase 3b: the caller's rate against the route's learned normal, and identity blocks.
 fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject> {
     if let Some(identity) = &ctx.identity
-        && proxy.risk.identity_refused(identity)
+        && proxy.risk.identity_refused(identity, ctx.started)
     {
         ctx.verdict = "block_identity";
         return Err(Reject::Forbidden);
     }
-    match proxy
-        .risk
-        .observe(&risk_context(ctx, Some(route)), Signal::Request, &proxy.metrics)
-    {
+    match proxy.risk.observe(
+        &risk_context(ctx, Some(route)),
+        Signal::Request,
+        ctx.started,
+        &proxy.metrics,
+    ) {
         None => Ok(()),
         Some(Refusal::Forbidden) => {
             ctx.verdict = "block_risk";
@@ -487,7 +489,9 @@ async fn inspect(
 /// Feeds a security event to the risk engine; returns the refusal it calls for.
 fn risk_event(proxy: &Proxy, ctx: &RequestCtx, route: &Route, event: &SecurityEvent) -> Option<Refusal> {
     let rctx = risk_context(ctx, Some(route));
-    proxy.risk.observe(&rctx, Signal::Event(event), &proxy.metrics)
+    proxy
+        .risk
+        .observe(&rctx, Signal::Event(event), Instant::now(), &proxy.metrics)
 }
 
 fn risk_context<'a>(ctx: &'a RequestCtx, route: Option<&Route>) -> RiskContext<'a> {
@@ -779,7 +783,8 @@ fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, resp: Response<ProxyBody>) -> Res
 
 /// Phase 8: the access line and the request metrics.
 fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, complete: bool) {
-    let elapsed = ctx.started.elapsed();
+    let now = Instant::now();
+    let elapsed = now.saturating_duration_since(ctx.started);
     let route = ctx.route.as_deref().unwrap_or("");
     proxy
         .metrics
@@ -789,6 +794,7 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         let _ = proxy.risk.observe(
             &risk_context(ctx, None),
             Signal::Status(status.as_u16()),
+            now,
             &proxy.metrics,
         );
     }

@@ -4,10 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    sync::{
-        Mutex,
-        atomic::{AtomicU32, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 
@@ -19,22 +16,24 @@ pub struct Endpoint {
     /// `addr` as a URI authority, made once rather than per request.
     pub authority: http::uri::Authority,
     consecutive_failures: AtomicU32,
-    ejected_until: Mutex<Option<Instant>>,
+    /// End of the ejection in nanoseconds after the upstream's `epoch`; 0 when not ejected. An atomic rather than
+    /// a locked `Option<Instant>`: every request reads it, for every endpoint it looks at.
+    ejected_until: AtomicU64,
 }
 
 impl Endpoint {
-    fn ejected_until(&self) -> Option<Instant> {
-        *self
-            .ejected_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    /// `now` (nanoseconds after the epoch) is read only for an ejected endpoint: the healthy case, every
+    /// request's, needs no clock.
+    fn is_available(&self, now: &mut Option<u64>, epoch: Instant) -> bool {
+        match self.ejected_until.load(Ordering::Relaxed) {
+            0 => true,
+            until => until <= *now.get_or_insert_with(|| nanos_since(epoch)),
+        }
     }
+}
 
-    /// `now` is read only for an ejected endpoint: the healthy case, every request's, needs no clock.
-    fn is_available(&self, now: &mut Option<Instant>) -> bool {
-        self.ejected_until()
-            .is_none_or(|until| until <= *now.get_or_insert_with(Instant::now))
-    }
+fn nanos_since(epoch: Instant) -> u64 {
+    u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// One `[[upstream]]` at run time.
@@ -46,6 +45,8 @@ pub struct Upstream {
     next: AtomicUsize,
     eject_after: u32,
     cooldown: Duration,
+    /// Where the endpoints' ejection clocks start.
+    epoch: Instant,
 }
 
 impl Upstream {
@@ -60,12 +61,13 @@ impl Upstream {
                     addr,
                     authority: authority_of(addr),
                     consecutive_failures: AtomicU32::new(0),
-                    ejected_until: Mutex::new(None),
+                    ejected_until: AtomicU64::new(0),
                 })
                 .collect(),
             next: AtomicUsize::new(0),
             eject_after: config.eject_after_failures,
             cooldown: config.eject_cooldown,
+            epoch: Instant::now(),
         }
     }
 
@@ -81,11 +83,11 @@ impl Upstream {
         let mut now = None;
         for i in 0..n {
             let idx = (start + i) % n;
-            if self.endpoints[idx].is_available(&mut now) {
+            if self.endpoints[idx].is_available(&mut now, self.epoch) {
                 return Some((idx, &self.endpoints[idx]));
             }
         }
-        let idx = (0..n).min_by_key(|&i| self.endpoints[i].ejected_until())?;
+        let idx = (0..n).min_by_key(|&i| self.endpoints[i].ejected_until.load(Ordering::Relaxed))?;
         Some((idx, &self.endpoints[idx]))
     }
 
@@ -99,11 +101,10 @@ impl Upstream {
             .fetch_add(1, Ordering::Relaxed)
             .saturating_add(1);
         if failures >= self.eject_after {
-            let mut until = ep
-                .ejected_until
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            *until = Some(Instant::now() + self.cooldown);
+            let cooldown = u64::try_from(self.cooldown.as_nanos()).unwrap_or(u64::MAX);
+            // Never 0, which means "not ejected".
+            let until = nanos_since(self.epoch).saturating_add(cooldown).max(1);
+            ep.ejected_until.store(until, Ordering::Relaxed);
             return true;
         }
         false
@@ -112,9 +113,7 @@ impl Upstream {
     pub fn report_success(&self, idx: usize) {
         let Some(ep) = self.endpoints.get(idx) else { return };
         if ep.consecutive_failures.swap(0, Ordering::Relaxed) != 0 {
-            *ep.ejected_until
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            ep.ejected_until.store(0, Ordering::Relaxed);
         }
     }
 }

@@ -75,16 +75,23 @@ impl Enforcer {
         self.kernel.is_some()
     }
 
-    /// Feeds one signal and applies what it triggers; returns what the current request gets.
-    pub fn observe(&self, ctx: &Context<'_>, signal: Signal<'_>, metrics: &Metrics) -> Option<Refusal> {
-        let outcome = self.engine.record(ctx, signal, Instant::now());
+    /// Feeds one signal, which happened at `now`, and applies what it triggers; returns what the current request
+    /// gets.
+    pub fn observe(
+        &self,
+        ctx: &Context<'_>,
+        signal: Signal<'_>,
+        now: Instant,
+        metrics: &Metrics,
+    ) -> Option<Refusal> {
+        let outcome = self.engine.record(ctx, signal, now);
         self.apply(&outcome, metrics)
     }
 
-    /// Whether an identity is refused right now (block mode only).
+    /// Whether an identity is refused at `now` (block mode only).
     #[must_use]
-    pub fn identity_refused(&self, identity: &Identity) -> bool {
-        self.mode() == Mode::Block && self.engine.identity_blocked(identity, Instant::now()).is_some()
+    pub fn identity_refused(&self, identity: &Identity, now: Instant) -> bool {
+        self.mode() == Mode::Block && self.engine.identity_blocked(identity, now).is_some()
     }
 
     fn apply(&self, outcome: &Outcome, metrics: &Metrics) -> Option<Refusal> {
@@ -412,7 +419,12 @@ impl Enforcer {
                 sensitivity: 1.0,
                 request_id: None,
             };
-            let _ = self.observe(&ctx, Signal::KernelPps(r.packets_per_sec), metrics);
+            let _ = self.observe(
+                &ctx,
+                Signal::KernelPps(r.packets_per_sec),
+                Instant::now(),
+                metrics,
+            );
         }
     }
 }
