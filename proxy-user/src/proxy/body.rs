@@ -136,15 +136,15 @@ impl Body for Replay {
 
 /// A response body that runs `on_end` once, when the body has been fully sent or is dropped unfinished, with
 /// the number of bytes sent and whether it completed.
-pub struct Finishing<F: FnOnce(u64, bool) + Send + Sync + 'static> {
-    inner: ProxyBody,
+pub struct Finishing<B: Body, F: FnOnce(u64, bool) + Send + Sync + 'static> {
+    inner: B,
     sent: u64,
     complete: bool,
     on_end: Option<F>,
 }
 
-impl<F: FnOnce(u64, bool) + Send + Sync + 'static> Finishing<F> {
-    pub fn new(inner: ProxyBody, on_end: F) -> Self {
+impl<B: Body, F: FnOnce(u64, bool) + Send + Sync + 'static> Finishing<B, F> {
+    pub fn new(inner: B, on_end: F) -> Self {
         Self {
             inner,
             sent: 0,
@@ -154,7 +154,11 @@ impl<F: FnOnce(u64, bool) + Send + Sync + 'static> Finishing<F> {
     }
 }
 
-impl<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static> Body for Finishing<F> {
+impl<B, F> Body for Finishing<B, F>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Unpin,
+    F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -184,7 +188,7 @@ impl<F: FnOnce(u64, bool) + Send + Sync + Unpin + 'static> Body for Finishing<F>
     }
 }
 
-impl<F: FnOnce(u64, bool) + Send + Sync + 'static> Drop for Finishing<F> {
+impl<B: Body, F: FnOnce(u64, bool) + Send + Sync + 'static> Drop for Finishing<B, F> {
     fn drop(&mut self) {
         if let Some(f) = self.on_end.take() {
             f(self.sent, self.complete || self.inner.is_end_stream());

@@ -58,13 +58,20 @@ pub enum Framing {
 pub struct ResponseHead {
     pub status: StatusCode,
     pub version: Version,
-    /// The forwarded headers, unless they are all in `raw`.
-    pub headers: HeaderMap,
-    /// The forwarded headers as the upstream wrote them, when nothing among them needs removing.
-    pub raw: Option<RawHeaders>,
+    pub forwarded: Forwarded,
     pub framing: Framing,
     /// The upstream may keep the connection open after this response.
     pub keep_alive: bool,
+}
+
+/// The headers a response forwards.
+#[derive(Debug)]
+pub enum Forwarded {
+    /// As the upstream wrote them: nothing among them needs removing (the common case).
+    Raw(RawHeaders),
+    /// As a map, for the response phase to remove what must go. Boxed: the head is returned up through several
+    /// futures, and the map would be most of its size.
+    Map(Box<HeaderMap>),
 }
 
 /// A response that carries no body whatever its head says (RFC 9112 §6.3): to `HEAD`, 1xx, 204, 304.
@@ -113,7 +120,7 @@ pub fn parse_response_head(
     for h in parsed.headers.iter() {
         spans.push(HeaderSpan::of(base, h));
     }
-    let head = buf.split_to(len).freeze();
+    let head = &buf[..len];
     let no_body = is_bodiless(*request_method == Method::HEAD, status);
     // What the head says about this hop; which headers go on; and whether they can go on as written.
     let mut hop = HopHeaders::default();
@@ -128,7 +135,7 @@ pub fn parse_response_head(
     // A 101's `Connection: upgrade` belongs to the tunnel, which needs it as a header.
     let verbatim = hop.verbatim && status != StatusCode::SWITCHING_PROTOCOLS;
     let forwarded = || spans.iter().zip(forward).filter(|(_, f)| *f).map(|(s, _)| s);
-    let (headers, raw) = if verbatim {
+    let forwarded = if verbatim {
         let mut lines = BytesMut::with_capacity(
             forwarded()
                 .map(|s| s.name.1 - s.name.0 + s.value.1 - s.value.0 + 4)
@@ -141,12 +148,15 @@ pub fn parse_response_head(
                 &head[span.value.0..span.value.1],
             );
         }
-        let raw = RawHeaders {
+        // Copied out, so the read buffer is never shared (a split would make it so, and cost a reference count
+        // per request).
+        bytes::Buf::advance(buf, len);
+        Forwarded::Raw(RawHeaders {
             lines: lines.freeze(),
             has_date: hop.has_date,
-        };
-        (HeaderMap::new(), Some(raw))
+        })
     } else {
+        let head = buf.split_to(len).freeze();
         // Room for the request id the pipeline adds, so that adding it never regrows the map.
         let mut headers = HeaderMap::with_capacity(spans.len() + 2);
         for span in forwarded() {
@@ -156,7 +166,7 @@ pub fn parse_response_head(
                 .map_err(|_| WireError::BadHeader)?;
             headers.append(name, value);
         }
-        (headers, None)
+        Forwarded::Map(Box::new(headers))
     };
     let framing = if no_body {
         Framing::Empty
@@ -175,8 +185,7 @@ pub fn parse_response_head(
     Ok(Some(ResponseHead {
         status,
         version,
-        headers,
-        raw,
+        forwarded,
         keep_alive: persistent && framing != Framing::UntilClose,
         framing,
     }))
@@ -829,8 +838,10 @@ mod tests {
         .unwrap()
         .unwrap();
         assert!(matches!(h.framing, Framing::Chunked(_)));
-        assert!(h.headers.is_empty(), "neither framing header is forwarded");
-        assert_eq!(h.raw.map(|r| r.lines), Some(Bytes::new()));
+        assert!(
+            matches!(h.forwarded, Forwarded::Raw(r) if r.lines.is_empty()),
+            "neither framing header is forwarded"
+        );
         let h = head("HTTP/1.1 200 OK\r\n\r\n", &get).unwrap().unwrap();
         assert_eq!((h.framing, h.keep_alive), (Framing::UntilClose, false));
         let h = head("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", &Method::HEAD)
@@ -890,17 +901,20 @@ mod tests {
     fn the_head_leaves_the_body_in_the_buffer() {
         let mut buf = BytesMut::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nhiNEXT");
         let h = parse_response_head(&mut buf, &Method::GET).unwrap().unwrap();
-        assert_eq!(h.raw.map(|r| r.lines), Some(Bytes::from_static(b"X-A: b\r\n")));
+        assert!(matches!(h.forwarded, Forwarded::Raw(r) if r.lines == "X-A: b\r\n"));
         assert_eq!(&buf[..], b"hiNEXT");
     }
 
     /// The forwarded headers of `raw`, through [`materialize`] when they came as lines.
     fn forwarded(raw: &str, method: &Method) -> (HeaderMap, bool) {
-        let mut h = head(raw, method).unwrap().unwrap();
-        if let Some(raw) = &h.raw {
-            materialize(&mut h.headers, raw);
+        match head(raw, method).unwrap().unwrap().forwarded {
+            Forwarded::Raw(raw) => {
+                let mut map = HeaderMap::new();
+                materialize(&mut map, &raw);
+                (map, true)
+            }
+            Forwarded::Map(map) => (*map, false),
         }
-        (h.headers, h.raw.is_some())
     }
 
     #[test]
@@ -928,8 +942,10 @@ mod tests {
             "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
         ] {
             let h = head(raw, &get).unwrap().unwrap();
-            assert!(h.raw.is_none(), "{raw:?}");
-            assert!(!h.headers.is_empty(), "{raw:?}");
+            assert!(
+                matches!(h.forwarded, Forwarded::Map(m) if !m.is_empty()),
+                "{raw:?}"
+            );
         }
     }
 
@@ -941,6 +957,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
+        let Forwarded::Raw(raw) = &h.forwarded else {
+            panic!("a head with nothing to remove comes verbatim")
+        };
         let mut out = BytesMut::new();
         encode_response_head(
             &mut out,
@@ -948,7 +967,7 @@ mod tests {
             &ResponseHeaders {
                 map: &HeaderMap::new(),
                 extra: None,
-                raw: h.raw.as_ref(),
+                raw: Some(raw),
             },
             ResponseFraming::Length(3),
             true,

@@ -25,7 +25,7 @@ use http::{
     header::{self, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, UPGRADE},
     uri::Authority,
 };
-use http_body_util::{BodyExt as _, Limited};
+use http_body_util::{BodyExt as _, Either, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::{
@@ -34,7 +34,7 @@ use super::{
     connections::ConnectionGuard,
     generation::Generation,
     h1::{self, HOP_BY_HOP, HOP_CONNECTION, hop_by_hop_index},
-    pool::UpstreamBody,
+    pool::{UpstreamBody, UpstreamResponse},
     router::{Route, RouteMatch},
     upstream::Endpoint,
 };
@@ -96,7 +96,9 @@ pub struct RequestCtx {
     pub identity: Option<Identity>,
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
     pub verdict: &'static str,
-    pub bytes_in: Arc<AtomicU64>,
+    /// The request body's bytes as they pass; `None` for a request without a body (most), which so costs no
+    /// allocation.
+    pub bytes_in: Option<Arc<AtomicU64>>,
     /// The body length the client declared (`Content-Length`, or an exact size hint), read once by the request
     /// filter.
     pub declared_body: Option<u64>,
@@ -193,7 +195,9 @@ impl Answer {
 pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
     let generation = proxy.current.load_full();
     let id = proxy.next_request_id();
-    let mut ctx = RequestCtx {
+    // Boxed: it travels from here into the response body's log callback, and a pointer moves for less than
+    // its few hundred bytes at every step.
+    let mut ctx = Box::new(RequestCtx {
         id_header: HeaderValue::from_str(&id).ok(),
         id,
         source_header: conn.source_header.clone(),
@@ -208,17 +212,17 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
         endpoint: None,
         identity: None,
         verdict: "allow",
-        bytes_in: Arc::new(AtomicU64::new(0)),
+        bytes_in: None,
         declared_body: None,
         raw_headers: None,
-    };
+    });
     let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
             if ctx.verdict == "allow" {
                 ctx.verdict = "error";
             }
-            error_response(reject, &ctx.id)
+            error_response(reject, &ctx.id).map(Either::Right)
         }
     };
     let raw_headers = ctx.raw_headers.take();
@@ -238,7 +242,7 @@ async fn run_phases<B: ClientBody>(
     conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     mut req: Request<B>,
-) -> Result<Response<ProxyBody>, Reject> {
+) -> Result<Outcome, Reject> {
     request_filter(ctx, &mut req)?;
     let generation = ctx.generation.clone();
     let route = route(ctx, &generation, &req)?;
@@ -250,7 +254,7 @@ async fn run_phases<B: ClientBody>(
     rate(proxy, ctx, route)?;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
     let body = request_body(ctx, incoming);
     let body = if route.policy.is_some() {
         Box::pin(inspect(proxy, ctx, route, &parts, body)).await?
@@ -258,10 +262,21 @@ async fn run_phases<B: ClientBody>(
         body
     };
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
-    let upstream_resp =
-        upstream_request(proxy, ctx, route, parts, body, upgrade, (endpoint_idx, endpoint)).await?;
+    let upstream_resp = upstream_request(
+        proxy,
+        ctx,
+        route,
+        &mut parts,
+        body,
+        upgrade,
+        (endpoint_idx, endpoint),
+    )
+    .await?;
     Ok(response(ctx, conn, upstream_resp, client_upgrade))
 }
+
+/// What the phases answer with: the upstream's response, or one the proxy made (a tunnel's 101, a refusal).
+type Outcome = Response<Either<Box<UpstreamBody>, ProxyBody>>;
 
 /// Phase 1: limits that need no route, and headers no client may set.
 fn request_filter<B: ClientBody>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), Reject> {
@@ -409,12 +424,13 @@ async fn auth(
 
 /// The client's body, bounded by `max_body_bytes` (a chunked body that grows past it fails the upstream
 /// exchange, which [`upstream_request`] turns into 413) and counted for the log.
-fn request_body<B: ClientBody>(ctx: &RequestCtx, incoming: B) -> ProxyBody {
+fn request_body<B: ClientBody>(ctx: &mut RequestCtx, incoming: B) -> ProxyBody {
     if incoming.is_end_stream() {
         return body::empty();
     }
     let max = usize::try_from(ctx.generation.limits().max_body_bytes).unwrap_or(usize::MAX);
-    Limited::new(Counted::new(incoming, ctx.bytes_in.clone()), max).boxed()
+    let count = ctx.bytes_in.insert(Arc::new(AtomicU64::new(0))).clone();
+    Limited::new(Counted::new(incoming, count), max).boxed()
 }
 
 /// Phase 4. Runs only when `[inspection]` is configured: buffers at most the policy's body window (and
@@ -538,15 +554,13 @@ async fn upstream_request(
     proxy: &Proxy,
     ctx: &mut RequestCtx,
     route: &Route,
-    mut parts: http::request::Parts,
+    parts: &mut http::request::Parts,
     body: ProxyBody,
     upgrade: bool,
     (endpoint_idx, endpoint): (usize, &Endpoint),
-) -> Result<Response<UpstreamBody>, Reject> {
+) -> Result<UpstreamResponse, Reject> {
     let upgrade = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
-    rewrite_request_headers(ctx, &mut parts, upgrade, endpoint)?;
-    // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
-    let req = Request::from_parts(parts, body);
+    rewrite_request_headers(ctx, parts, upgrade, endpoint)?;
 
     let upstream = &route.upstream;
     let error_labels = |kind| UpstreamErrorLabels {
@@ -555,7 +569,8 @@ async fn upstream_request(
     };
     let timeout = ctx.generation.timeouts().upstream_response;
     let pool = ctx.generation.upstream_pool().clone();
-    match pool.send(endpoint.addr, req, timeout).await {
+    // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
+    match pool.send(endpoint.addr, parts, body, timeout).await {
         Ok(resp) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
@@ -704,23 +719,23 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
 fn response(
     ctx: &mut RequestCtx,
     conn: &Arc<ConnInfo>,
-    mut resp: Response<UpstreamBody>,
+    mut resp: UpstreamResponse,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
-) -> Response<ProxyBody> {
+) -> Outcome {
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (parts, upstream_body) = resp.into_parts();
         if let (Some(client), Some((upstream, early))) = (client_upgrade, upstream_body.into_upgraded()) {
             let request_id = ctx.id.clone();
             let conn = conn.clone();
             tokio::spawn(async move { tunnel(client, upstream, early, &conn, &request_id).await });
-            return Response::from_parts(parts, body::empty());
+            return Response::from_parts(parts, Either::Right(body::empty()));
         }
         // A 101 the client did not ask for cannot be honoured.
-        return error_response(Reject::BadGateway, &ctx.id);
+        return error_response(Reject::BadGateway, &ctx.id).map(Either::Right);
     }
     strip_hop_by_hop(resp.headers_mut());
     ctx.raw_headers = resp.body_mut().take_raw_headers();
-    resp.map(|b| b.map_err(|e| Box::new(e) as BoxError).boxed())
+    resp.map(Either::Left)
 }
 
 /// Carries an upgraded connection (WebSocket) both ways until either side ends it or the registry closes the
@@ -770,7 +785,7 @@ fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
 }
 
 /// Arranges phase 8 for when the body is done.
-fn finish(proxy: &Arc<Proxy>, ctx: RequestCtx, resp: Response<ProxyBody>) -> Response<ProxyBody> {
+fn finish(proxy: &Arc<Proxy>, ctx: Box<RequestCtx>, resp: Outcome) -> Response<ProxyBody> {
     let status = resp.status();
     let proxy = proxy.clone();
     resp.map(|b| {
@@ -808,7 +823,7 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         upstream: ctx.upstream.as_deref(),
         endpoint: ctx.endpoint,
         status: status.as_u16(),
-        bytes_in: ctx.bytes_in.load(Ordering::Relaxed),
+        bytes_in: ctx.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
         bytes_out,
         latency: elapsed,
         verdict: ctx.verdict,

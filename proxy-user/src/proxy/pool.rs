@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::{Bytes, BytesMut};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use rustc_hash::FxHashMap;
 use tokio::{
@@ -29,7 +29,7 @@ use tokio::{
 
 use super::{
     body::{BoxError, ProxyBody},
-    h1::{self, BodyEncoding, Decoded, Framing, ResponseHead, WireError},
+    h1::{self, BodyEncoding, Decoded, Forwarded, Framing, ResponseHead, WireError},
     timer::Timer,
 };
 
@@ -141,17 +141,17 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Sends `req` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to
+    /// Sends `parts` and `body` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to
     /// `endpoint` on an idle connection or a new one, and returns the response once its head has arrived, which
     /// must be within `timeout` of the connection being ready. The response body hands the connection back to
     /// this pool once it has been read to the end.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
-        req: Request<ProxyBody>,
+        parts: &http::request::Parts,
+        body: ProxyBody,
         timeout: Duration,
-    ) -> Result<Response<UpstreamBody>, ExchangeError> {
-        let (parts, body) = req.into_parts();
+    ) -> Result<UpstreamResponse, ExchangeError> {
         let encoding = if body.is_end_stream() {
             BodyEncoding::None
         } else {
@@ -196,20 +196,26 @@ impl WorkerPool {
         conn: Conn,
         head: ResponseHead,
         tail: Option<RequestTail>,
-    ) -> Response<UpstreamBody> {
+    ) -> UpstreamResponse {
         // After a 101 the connection belongs to the upgraded stream, never to the pool.
         let upgraded = head.status == StatusCode::SWITCHING_PROTOCOLS;
         let reusable = head.keep_alive && !upgraded;
-        let mut resp = Response::new(UpstreamBody {
+        let (map, raw_headers) = match head.forwarded {
+            Forwarded::Raw(raw) => (None, Some(raw)),
+            Forwarded::Map(map) => (Some(map), None),
+        };
+        let mut resp = Response::new(Box::new(UpstreamBody {
             conn: Some(conn),
             tail: tail.filter(|t| !t.is_sent()),
             framing: head.framing,
             home: reusable.then(|| (self.clone(), endpoint)),
-            raw_headers: head.raw,
-        });
+            raw_headers,
+        }));
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
-        *resp.headers_mut() = head.headers;
+        if let Some(map) = map {
+            *resp.headers_mut() = *map;
+        }
         resp
     }
 
@@ -483,6 +489,10 @@ impl RequestTail {
 fn length_mismatch() -> ExchangeFailure {
     ExchangeFailure::RequestBody("the request body's length differs from the one it declared".into())
 }
+
+/// An upstream's response as the exchange returns it. The body is boxed: the response travels up through
+/// several futures' return values, each a copy, and the body is most of its size.
+pub type UpstreamResponse = Response<Box<UpstreamBody>>;
 
 /// An upstream response body, read straight from the connection. It returns the connection to the pool when
 /// it ends; dropped before the end, the connection still carries the rest of that response, so it is closed.
