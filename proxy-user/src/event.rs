@@ -4,7 +4,7 @@
 //! detectors (scanning, rates, floods) each produce [`SecurityEvent`]s; the security log stream, the metrics
 //! and the risk engine consume them. Evidence is redacted where it is built, so no consumer can leak a secret.
 
-use std::{net::IpAddr, time::SystemTime};
+use std::{net::IpAddr, sync::Arc, time::SystemTime};
 
 use serde::Serialize;
 
@@ -93,9 +93,41 @@ pub enum EventKind {
 pub struct Identity {
     pub kind: IdentityKind,
     /// JWT `sub`, or the API key's configured identity name.
-    pub subject: String,
+    pub subject: Arc<str>,
     /// JWT `iss`; `None` for API keys.
-    pub issuer: Option<String>,
+    pub issuer: Option<Arc<str>>,
+    /// See [`Identity::key`].
+    #[serde(skip)]
+    key: Arc<str>,
+}
+
+impl Identity {
+    #[must_use]
+    pub fn new(kind: IdentityKind, subject: impl Into<Arc<str>>, issuer: Option<Arc<str>>) -> Self {
+        let subject = subject.into();
+        let kind_name = match kind {
+            IdentityKind::Jwt => "jwt",
+            IdentityKind::ApiKey => "api_key",
+        };
+        let key = match &issuer {
+            Some(issuer) => format!("{kind_name}:{issuer}:{subject}"),
+            None => format!("{kind_name}:{subject}"),
+        };
+        Self {
+            kind,
+            subject,
+            issuer,
+            key: key.into(),
+        }
+    }
+
+    /// The one string that names the identity, `kind:issuer:subject` (`api_key:subject` for API keys): how the
+    /// risk engine keys it and the admin API spells it. Made once, with the identity, since an identity's
+    /// strings are shared (not copied) by every request a cached verification serves.
+    #[must_use]
+    pub fn key(&self) -> &str {
+        &self.key
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

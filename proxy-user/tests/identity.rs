@@ -116,7 +116,7 @@ async fn expect_alice(auth: &Authenticator, token: &str) {
         .await
         .unwrap()
         .expect("an identity");
-    assert_eq!(identity.subject, "alice");
+    assert_eq!(&*identity.subject, "alice");
     assert_eq!(identity.kind, IdentityKind::Jwt);
     assert_eq!(identity.issuer.as_deref(), Some(ISSUER));
 }
@@ -586,7 +586,7 @@ async fn missing_scopes_are_forbidden() {
         with("scopes", json!(["orders:write", "orders:read"])),
     ] {
         let identity = auth.authenticate(&bearer(&token), &route).await.unwrap().unwrap();
-        assert_eq!(identity.subject, "alice");
+        assert_eq!(&*identity.subject, "alice");
     }
 }
 
@@ -625,7 +625,7 @@ async fn api_keys_authenticate_by_digest() {
         .unwrap()
         .unwrap();
     assert_eq!(
-        (identity.kind, identity.subject.as_str(), identity.issuer),
+        (identity.kind, &*identity.subject, identity.issuer),
         (IdentityKind::ApiKey, "billing", None)
     );
     let mut scheme = HeaderMap::new();
@@ -634,7 +634,7 @@ async fn api_keys_authenticate_by_digest() {
         "ApiKey ops-key-0123456789".parse().unwrap(),
     );
     assert_eq!(
-        auth.authenticate(&scheme, &route).await.unwrap().unwrap().subject,
+        &*auth.authenticate(&scheme, &route).await.unwrap().unwrap().subject,
         "ops"
     );
 
@@ -648,7 +648,8 @@ async fn api_keys_authenticate_by_digest() {
             .await
             .unwrap()
             .unwrap()
-            .subject,
+            .subject
+            .as_ref(),
         "ops"
     );
     let token = sign("HS256", &claims());
@@ -657,7 +658,8 @@ async fn api_keys_authenticate_by_digest() {
             .await
             .unwrap()
             .unwrap()
-            .subject,
+            .subject
+            .as_ref(),
         "alice"
     );
     // Two credentials at once are ambiguous.

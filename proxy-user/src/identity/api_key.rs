@@ -20,7 +20,7 @@ pub(crate) struct ApiKeys {
 
 struct Entry {
     digest: [u8; 32],
-    identity: String,
+    identity: Identity,
     routes: Vec<String>,
 }
 
@@ -50,7 +50,7 @@ impl ApiKeys {
             }
             entries.push(Entry {
                 digest: key.sha256.0,
-                identity: key.identity.clone(),
+                identity: Identity::new(IdentityKind::ApiKey, key.identity.as_str(), None),
                 routes: key.routes.clone(),
             });
         }
@@ -69,11 +69,7 @@ impl ApiKeys {
         let Some(entry) = found else {
             return ApiKeyCheck::UnknownKey;
         };
-        let identity = Identity {
-            kind: IdentityKind::ApiKey,
-            subject: entry.identity.clone(),
-            issuer: None,
-        };
+        let identity = entry.identity.clone();
         if entry.routes.is_empty() || entry.routes.iter().any(|r| r == route) {
             ApiKeyCheck::Allowed(identity)
         } else {
@@ -101,11 +97,7 @@ mod tests {
     fn keys_match_by_digest_and_route() {
         let keys =
             ApiKeys::from_config(&[cfg("k-one", "billing", &["/orders"]), cfg("k-two", "ops", &[])]).unwrap();
-        let who = |s: &str| Identity {
-            kind: IdentityKind::ApiKey,
-            subject: s.into(),
-            issuer: None,
-        };
+        let who = |s: &str| Identity::new(IdentityKind::ApiKey, s, None);
         assert_eq!(
             keys.check(b"k-one", "/orders"),
             ApiKeyCheck::Allowed(who("billing"))

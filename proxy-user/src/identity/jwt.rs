@@ -6,7 +6,6 @@
 //! nothing from them is trusted until `jsonwebtoken::decode` has checked the signature.
 
 use std::{
-    collections::HashMap,
     num::NonZeroUsize,
     str::FromStr as _,
     sync::{Arc, Mutex, PoisonError},
@@ -15,6 +14,7 @@ use std::{
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, Validation, errors::ErrorKind};
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 
 use super::{
@@ -33,7 +33,9 @@ pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 const MAX_SUBJECT_BYTES: usize = 512;
 
 pub(crate) struct JwtVerifier {
-    issuers: HashMap<String, Issuer>,
+    /// Keyed by configured names only, so a fast unkeyed hash is safe (every request with a cached token looks
+    /// its issuer up).
+    issuers: FxHashMap<String, Issuer>,
     verified: VerifiedTokens,
 }
 
@@ -117,7 +119,7 @@ struct VerifiedClaims {
 
 impl JwtVerifier {
     pub(crate) fn from_config(cfg: &JwtConfig) -> Result<Self, Error> {
-        let mut issuers = HashMap::new();
+        let mut issuers = FxHashMap::default();
         for (i, issuer) in cfg.issuer.iter().enumerate() {
             let at = format!("jwt.issuer[{i}]");
             let built = Issuer::from_config(issuer, cfg.leeway.as_secs(), &at)?;
@@ -199,11 +201,10 @@ impl JwtVerifier {
         // Past this point the signature has been checked whenever the error is a claim error, so the subject
         // is known, not merely claimed.
         let signed_identity = || {
-            claims.sub.as_ref().map(|sub| Identity {
-                kind: IdentityKind::Jwt,
-                subject: sub.clone(),
-                issuer: Some(issuer.name.clone()),
-            })
+            claims
+                .sub
+                .as_deref()
+                .map(|sub| Identity::new(IdentityKind::Jwt, sub, Some(issuer.name.as_str().into())))
         };
         let data = jsonwebtoken::decode::<VerifiedClaims>(token, &key.key, validation).map_err(|e| {
             let (kind, signed) = classify(e.kind());
@@ -229,11 +230,7 @@ impl JwtVerifier {
             claim.push_into(&mut scopes);
         }
         let verified = Verified {
-            identity: Identity {
-                kind: IdentityKind::Jwt,
-                subject: claims.sub,
-                issuer: Some(claims.iss),
-            },
+            identity: Identity::new(IdentityKind::Jwt, claims.sub, Some(claims.iss.into())),
             scopes: scopes.into(),
         };
         if let Some(exp) = claims.exp {
@@ -402,9 +399,9 @@ struct CachedToken {
     verified: Verified,
     issuer: String,
     keys: Arc<KeySet>,
-    /// `exp` plus leeway, in seconds since the epoch.
-    valid_until: f64,
-    cached_at: Instant,
+    /// The earlier of `exp` plus leeway and [`VerifiedTokens::MAX_AGE`] after caching, on the monotonic clock:
+    /// a hit then costs one clock read.
+    fresh_until: Instant,
 }
 
 impl VerifiedTokens {
@@ -434,12 +431,18 @@ impl VerifiedTokens {
             .map_or(0.0, |d| d.as_secs_f64())
     }
 
+    /// When a verification cached now, for a token valid until `valid_until` (seconds since the epoch), stops
+    /// being trusted.
+    fn fresh_until(valid_until: f64) -> Instant {
+        let left = Duration::try_from_secs_f64(valid_until - Self::now()).unwrap_or(Duration::ZERO);
+        Instant::now() + left.min(Self::MAX_AGE)
+    }
+
     /// A still-valid verification of `token`; `current_keys` gives the key set in force for an issuer.
     fn get(&self, token: &str, current_keys: impl Fn(&str) -> Option<Arc<KeySet>>) -> Option<Verified> {
         let mut shard = self.shard(token).lock().unwrap_or_else(PoisonError::into_inner);
         let entry = shard.get(token)?;
-        let fresh = entry.cached_at.elapsed() < Self::MAX_AGE
-            && Self::now() <= entry.valid_until
+        let fresh = Instant::now() < entry.fresh_until
             && current_keys(&entry.issuer).is_some_and(|keys| Arc::ptr_eq(&keys, &entry.keys));
         if fresh {
             Some(entry.verified.clone())
@@ -454,8 +457,7 @@ impl VerifiedTokens {
             verified: verified.clone(),
             issuer: issuer.to_owned(),
             keys,
-            valid_until,
-            cached_at: Instant::now(),
+            fresh_until: Self::fresh_until(valid_until),
         };
         self.shard(token)
             .lock()

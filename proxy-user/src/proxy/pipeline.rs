@@ -818,7 +818,7 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         source: ctx.source,
         method: ctx.method.as_str(),
         path: &ctx.path,
-        identity: ctx.identity.as_ref().map(|i| i.subject.as_str()),
+        identity: ctx.identity.as_ref().map(|i| &*i.subject),
         route,
         upstream: ctx.upstream.as_deref(),
         endpoint: ctx.endpoint,

@@ -320,13 +320,12 @@ impl RiskEngine {
 
     /// Feeds one signal; returns the scores and any action it triggers.
     pub fn record(&self, ctx: &Context<'_>, signal: Signal<'_>, now: Instant) -> Outcome {
-        // Made once, outside the lock: the identity's key is needed by the rate count and the scoring.
-        let id_key = ctx.identity.map(identity_key);
+        let id_key = ctx.identity.map(Identity::key);
         let mut inner = self.lock();
         let mut out = Outcome::default();
-        let scored = self.points(&mut inner, ctx, id_key.as_deref(), signal, now, &mut out);
+        let scored = self.points(&mut inner, ctx, id_key, signal, now, &mut out);
         self.score_source(&mut inner, ctx, &scored, now, &mut out);
-        if let Some(id_key) = &id_key {
+        if let Some(id_key) = id_key {
             self.score_identity(&mut inner, ctx, id_key, &scored, now, &mut out);
         }
         out
@@ -502,9 +501,8 @@ impl RiskEngine {
         if !self.identity_blocks_placed.load(Ordering::Acquire) {
             return None;
         }
-        let key = identity_key(identity);
         let mut inner = self.lock();
-        let t = inner.identities.get(&key)?;
+        let t = inner.identities.get(identity.key())?;
         t.until.filter(|u| *u > now).map(|u| u.duration_since(now))
     }
 
@@ -605,26 +603,6 @@ fn count_request(
     baselines.get(route).is_some_and(|base| {
         base.samples >= cfg.rate_min_samples && f64::from(bucket.count) > base.threshold(cfg)
     })
-}
-
-fn identity_key(id: &Identity) -> String {
-    let kind = match id.kind {
-        crate::event::IdentityKind::Jwt => "jwt",
-        crate::event::IdentityKind::ApiKey => "api_key",
-    };
-    // Pushed, not `format!`ed: this runs on every authenticated request, and the formatting machinery cost
-    // several times the copying.
-    let issuer = id.issuer.as_deref();
-    let mut key =
-        String::with_capacity(kind.len() + issuer.map_or(0, |i| i.len() + 1) + id.subject.len() + 1);
-    key.push_str(kind);
-    key.push(':');
-    if let Some(iss) = issuer {
-        key.push_str(iss);
-        key.push(':');
-    }
-    key.push_str(&id.subject);
-    key
 }
 
 /// How much an event kind weighs (times its severity), and the ban reason it stands for.

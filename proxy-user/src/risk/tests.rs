@@ -219,11 +219,11 @@ fn an_identity_abusing_from_two_addresses_is_blocked_wherever_it_comes_from() {
         ban_threshold: 1000.0,
         ..RiskConfig::default()
     });
-    let id = Identity {
-        kind: IdentityKind::Jwt,
-        subject: "alice".into(),
-        issuer: Some("https://auth.example.test".into()),
-    };
+    let id = Identity::new(
+        IdentityKind::Jwt,
+        "alice",
+        Some("https://auth.example.test".into()),
+    );
     let now = Instant::now();
     let mut block = None;
     for i in 0..20u8 {
