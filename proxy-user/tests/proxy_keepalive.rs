@@ -1,5 +1,6 @@
 //! Upstream connection reuse: keep-alive across client connections, and a request that lands on a connection
-//! the upstream has just closed is sent again on a fresh one rather than answered with 502.
+//! the upstream has just closed is sent again on a fresh one rather than answered with 502. Also the per-worker
+//! state a request takes without touching what workers share: request ids.
 
 #![allow(clippy::unwrap_used, reason = "tests")]
 
@@ -172,4 +173,39 @@ async fn an_unframeable_upstream_answer_is_a_502() {
         let answer = one_request(&p).await;
         assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
     }
+}
+
+#[tokio::test]
+async fn request_ids_are_unique_across_connections_and_workers() {
+    let upstream = CountingUpstream::start(false).await;
+    let p = Arc::new(proxy_to(&upstream).await);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let p = p.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..50 {
+                    let answer = one_request(&p).await;
+                    let id = answer
+                        .lines()
+                        .find_map(|l| l.strip_prefix("x-request-id: "))
+                        .unwrap_or_else(|| panic!("no request id in {answer}"))
+                        .to_owned();
+                    ids.push(id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut all = std::collections::HashSet::new();
+    for client in clients {
+        for id in client.await.unwrap() {
+            assert!(
+                id.len() == 20 && id.bytes().all(|b| b.is_ascii_hexdigit()),
+                "{id}"
+            );
+            assert!(all.insert(id.clone()), "{id} was handed out twice");
+        }
+    }
+    assert_eq!(all.len(), 200);
 }

@@ -142,7 +142,7 @@ where
         let request = simple.request.map(|()| Empty::<Bytes>::new());
         let answer = tokio::select! {
             biased;
-            answer = pipeline::handle(proxy.clone(), conn.clone(), request) => answer,
+            answer = pipeline::handle(proxy, conn.clone(), request) => answer,
             () = &mut closed => return Served::Closed,
         };
         let keep_alive = simple.keep_alive && !way_out.is_draining();

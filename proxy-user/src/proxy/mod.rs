@@ -58,6 +58,8 @@ pub struct Proxy {
     pub risk: Arc<Enforcer>,
     source_gate: Option<Arc<dyn SourceGate>>,
     request_seq: AtomicU64,
+    /// Tells this proxy's blocks of request ids from another's (see [`Proxy::next_request_id`]).
+    instance: u64,
     request_prefix: u32,
     /// Serialises reloads so two SIGHUPs cannot interleave.
     reload_lock: Mutex<()>,
@@ -106,14 +108,38 @@ impl Proxy {
     }
 
     /// `{prefix:08x}{sequence:012x}`, written by hand: `format!` cost more than the rest of the id.
+    ///
+    /// Each thread takes sequence numbers from the shared counter in blocks of [`ID_BLOCK`]: ids stay unique, and
+    /// the counter, a write every worker would contend for, is touched once per block instead of per request.
     fn next_request_id(&self) -> String {
-        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        let owner = self.instance;
+        let n = ID_BLOCKS.with(|cell| {
+            let (mut from, mut next, mut end) = cell.get();
+            if from != owner || next == end {
+                from = owner;
+                next = self.request_seq.fetch_add(ID_BLOCK, Ordering::Relaxed);
+                end = next + ID_BLOCK;
+            }
+            cell.set((from, next + 1, end));
+            next
+        });
         let mut id = String::with_capacity(20);
         push_hex(&mut id, u64::from(self.request_prefix), 8);
         push_hex(&mut id, n, 12);
         id
     }
 }
+
+/// Request sequence numbers a thread takes from [`Proxy::request_seq`] at a time.
+const ID_BLOCK: u64 = 1024;
+
+thread_local! {
+    /// This thread's block of sequence numbers: the proxy it is from (its `instance`), the next, the end.
+    static ID_BLOCKS: std::cell::Cell<(u64, u64, u64)> = const { std::cell::Cell::new((0, 0, 0)) };
+}
+
+/// Numbers proxies (from 1; 0 is no proxy) within the process.
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(0);
 
 /// A started proxy: bound addresses and the handle to stop it.
 pub struct RunningProxy {
@@ -213,6 +239,7 @@ pub async fn start(
         risk,
         source_gate,
         request_seq: AtomicU64::new(0),
+        instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed) + 1,
         request_prefix: random_u32(),
         reload_lock: Mutex::new(()),
     });

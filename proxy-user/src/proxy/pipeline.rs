@@ -89,9 +89,11 @@ pub struct RequestCtx {
     pub tls: bool,
     pub method: Method,
     pub path: String,
-    pub generation: Arc<Generation>,
-    pub route: Option<Arc<str>>,
-    pub upstream: Option<Arc<str>>,
+    /// The matched route's [`Route::index`] in the request's generation (which the phases are given beside the
+    /// context): an index rather than a shared label, whose reference count every worker would contend for.
+    pub route: Option<usize>,
+    /// The upstream phase was reached (the route's upstream is the request's).
+    pub upstream_chosen: bool,
     pub endpoint: Option<SocketAddr>,
     pub identity: Option<Identity>,
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
@@ -192,7 +194,9 @@ impl Answer {
 }
 
 /// Answers one request; never fails (every failure becomes a response).
-pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
+pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
+    // The one reference count the request takes on the generation, which every worker shares: the phases borrow
+    // it, and the log phase holds it until the response body is done.
     let generation = proxy.current.load_full();
     let id = proxy.next_request_id();
     // Boxed: it travels from here into the response body's log callback, and a pointer moves for less than
@@ -206,9 +210,8 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
         tls: conn.tls,
         method: req.method().clone(),
         path: req.uri().path().to_owned(),
-        generation,
         route: None,
-        upstream: None,
+        upstream_chosen: false,
         endpoint: None,
         identity: None,
         verdict: "allow",
@@ -216,7 +219,7 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
         declared_body: None,
         raw_headers: None,
     });
-    let resp = match run_phases(&proxy, &conn, &mut ctx, req).await {
+    let resp = match run_phases(proxy, &generation, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
             if ctx.verdict == "allow" {
@@ -229,9 +232,9 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
     let request_id = ctx
         .id_header
         .clone()
-        .map(|id| (ctx.generation.request_id_header.clone(), id));
+        .map(|id| (generation.request_id_header.clone(), id));
     Answer {
-        response: finish(&proxy, ctx, resp),
+        response: finish(proxy, generation, ctx, resp),
         request_id,
         raw_headers,
     }
@@ -239,31 +242,32 @@ pub async fn handle<B: ClientBody>(proxy: Arc<Proxy>, conn: Arc<ConnInfo>, req: 
 
 async fn run_phases<B: ClientBody>(
     proxy: &Arc<Proxy>,
+    generation: &Generation,
     conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     mut req: Request<B>,
 ) -> Result<Outcome, Reject> {
-    request_filter(ctx, &mut req)?;
-    let generation = ctx.generation.clone();
-    let route = route(ctx, &generation, &req)?;
+    request_filter(ctx, generation, &mut req)?;
+    let route = route(ctx, generation, &req)?;
     // The optional phases' futures are boxed, and made only when the route needs them: inline, their size (the
     // token check, the body buffering) would be copied with this future on every request, needed or not.
     if route.auth != AuthMode::None {
-        Box::pin(auth(proxy, ctx, route, req.headers_mut())).await?;
+        Box::pin(auth(proxy, generation, ctx, route, req.headers_mut())).await?;
     }
     rate(proxy, ctx, route)?;
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
-    let body = request_body(ctx, incoming);
+    let body = request_body(ctx, generation, incoming);
     let body = if route.policy.is_some() {
-        Box::pin(inspect(proxy, ctx, route, &parts, body)).await?
+        Box::pin(inspect(proxy, generation, ctx, route, &parts, body)).await?
     } else {
         body
     };
     let (endpoint_idx, endpoint) = upstream_peer(ctx, route)?;
     let upstream_resp = upstream_request(
         proxy,
+        generation,
         ctx,
         route,
         &mut parts,
@@ -279,8 +283,12 @@ async fn run_phases<B: ClientBody>(
 type Outcome = Response<Either<Box<UpstreamBody>, ProxyBody>>;
 
 /// Phase 1: limits that need no route, and headers no client may set.
-fn request_filter<B: ClientBody>(ctx: &mut RequestCtx, req: &mut Request<B>) -> Result<(), Reject> {
-    let limits = ctx.generation.limits();
+fn request_filter<B: ClientBody>(
+    ctx: &mut RequestCtx,
+    generation: &Generation,
+    req: &mut Request<B>,
+) -> Result<(), Reject> {
+    let limits = generation.limits();
     let declared = req.body().size_hint().exact().or_else(|| {
         req.headers()
             .get(CONTENT_LENGTH)
@@ -293,8 +301,7 @@ fn request_filter<B: ClientBody>(ctx: &mut RequestCtx, req: &mut Request<B>) -> 
     }
     ctx.declared_body = declared;
     // A forged subject header would impersonate whoever the upstream trusts it to name.
-    let subject = ctx.generation.subject_header.clone();
-    req.headers_mut().remove(&subject);
+    req.headers_mut().remove(&generation.subject_header);
     Ok(())
 }
 
@@ -307,7 +314,7 @@ fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject
         return Err(Reject::Forbidden);
     }
     match proxy.risk.observe(
-        &risk_context(ctx, Some(route)),
+        &risk_context(ctx, Some(&route.label), Some(route)),
         Signal::Request,
         ctx.started,
         &proxy.metrics,
@@ -341,11 +348,11 @@ fn route<'g, B>(
         .find(host.as_deref(), req.uri().path(), req.method())
     {
         RouteMatch::Found(r) => {
-            ctx.route = Some(r.label.clone());
+            ctx.route = Some(r.index);
             Ok(r)
         }
         RouteMatch::MethodNotAllowed(r) => {
-            ctx.route = Some(r.label.clone());
+            ctx.route = Some(r.index);
             Err(Reject::MethodNotAllowed)
         }
         RouteMatch::NotFound => Err(Reject::NotFound),
@@ -367,6 +374,7 @@ fn request_host<B>(req: &Request<B>) -> Option<String> {
 /// says only the class of problem.
 async fn auth(
     proxy: &Proxy,
+    generation: &Generation,
     ctx: &mut RequestCtx,
     route: &Route,
     headers: &mut HeaderMap,
@@ -374,7 +382,6 @@ async fn auth(
     if route.auth == AuthMode::None {
         return Ok(());
     }
-    let generation = ctx.generation.clone();
     let check = RouteAuth {
         mode: route.auth,
         route: &route.label,
@@ -403,11 +410,7 @@ async fn auth(
                     kind: failure_name(rejection.event_kind).into(),
                 })
                 .inc();
-            let event = rejection.to_event(
-                ctx.source,
-                ctx.route.as_deref().map(str::to_owned),
-                Some(ctx.id.clone()),
-            );
+            let event = rejection.to_event(ctx.source, Some(route.label.to_string()), Some(ctx.id.clone()));
             crate::logging::security_event(&event);
             ctx.identity = rejection.identity;
             // Token tampering and credential guessing raise the source's (and a known identity's) risk; the
@@ -424,11 +427,11 @@ async fn auth(
 
 /// The client's body, bounded by `max_body_bytes` (a chunked body that grows past it fails the upstream
 /// exchange, which [`upstream_request`] turns into 413) and counted for the log.
-fn request_body<B: ClientBody>(ctx: &mut RequestCtx, incoming: B) -> ProxyBody {
+fn request_body<B: ClientBody>(ctx: &mut RequestCtx, generation: &Generation, incoming: B) -> ProxyBody {
     if incoming.is_end_stream() {
         return body::empty();
     }
-    let max = usize::try_from(ctx.generation.limits().max_body_bytes).unwrap_or(usize::MAX);
+    let max = usize::try_from(generation.limits().max_body_bytes).unwrap_or(usize::MAX);
     let count = ctx.bytes_in.insert(Arc::new(AtomicU64::new(0))).clone();
     Limited::new(Counted::new(incoming, count), max).boxed()
 }
@@ -437,6 +440,7 @@ fn request_body<B: ClientBody>(ctx: &mut RequestCtx, incoming: B) -> ProxyBody {
 /// `limits.inspect_body_bytes`) and hands the head and that prefix to the inspector; the rest streams past.
 async fn inspect(
     proxy: &Proxy,
+    generation: &Generation,
     ctx: &mut RequestCtx,
     route: &Route,
     parts: &http::request::Parts,
@@ -445,8 +449,7 @@ async fn inspect(
     let Some(policy) = route.policy.clone() else {
         return Ok(body);
     };
-    let limit = ctx
-        .generation
+    let limit = generation
         .limits()
         .inspect_body_bytes
         .min(policy.max_body_bytes());
@@ -478,7 +481,7 @@ async fn inspect(
         at: std::time::SystemTime::now(),
         source: ctx.source,
         identity: ctx.identity.clone(),
-        route: ctx.route.as_deref().map(str::to_owned),
+        route: Some(route.label.to_string()),
         request_id: Some(ctx.id.clone()),
         kind: EventKind::Attack(category),
         severity: verdict.severity().unwrap_or(Severity::Notice),
@@ -504,17 +507,19 @@ async fn inspect(
 
 /// Feeds a security event to the risk engine; returns the refusal it calls for.
 fn risk_event(proxy: &Proxy, ctx: &RequestCtx, route: &Route, event: &SecurityEvent) -> Option<Refusal> {
-    let rctx = risk_context(ctx, Some(route));
+    let rctx = risk_context(ctx, Some(&route.label), Some(route));
     proxy
         .risk
         .observe(&rctx, Signal::Event(event), Instant::now(), &proxy.metrics)
 }
 
-fn risk_context<'a>(ctx: &'a RequestCtx, route: Option<&Route>) -> RiskContext<'a> {
+/// `label` names the matched route; `route` weighs the signal by its sensitivity (`None` for a signal about the
+/// source rather than the route).
+fn risk_context<'a>(ctx: &'a RequestCtx, label: Option<&'a str>, route: Option<&Route>) -> RiskContext<'a> {
     RiskContext {
         source: ctx.source,
         identity: ctx.identity.as_ref(),
-        route: ctx.route.as_deref(),
+        route: label,
         sensitivity: route.map_or(1.0, |r| r.sensitivity),
         request_id: Some(&ctx.id),
     }
@@ -543,15 +548,20 @@ fn is_length_limit(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// Phase 5.
 fn upstream_peer<'r>(ctx: &mut RequestCtx, route: &'r Route) -> Result<(usize, &'r Endpoint), Reject> {
-    ctx.upstream = Some(route.upstream.name.clone());
+    ctx.upstream_chosen = true;
     let (idx, endpoint) = route.upstream.pick().ok_or(Reject::ServiceUnavailable)?;
     ctx.endpoint = Some(endpoint.addr);
     Ok((idx, endpoint))
 }
 
 /// Phase 6.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the phase's inputs, each borrowed from a different owner (the proxy, the generation, the request)"
+)]
 async fn upstream_request(
     proxy: &Proxy,
+    generation: &Generation,
     ctx: &mut RequestCtx,
     route: &Route,
     parts: &mut http::request::Parts,
@@ -560,15 +570,15 @@ async fn upstream_request(
     (endpoint_idx, endpoint): (usize, &Endpoint),
 ) -> Result<UpstreamResponse, Reject> {
     let upgrade = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
-    rewrite_request_headers(ctx, parts, upgrade, endpoint)?;
+    rewrite_request_headers(ctx, generation, parts, upgrade, endpoint)?;
 
     let upstream = &route.upstream;
     let error_labels = |kind| UpstreamErrorLabels {
         upstream: upstream.name.to_string(),
         kind,
     };
-    let timeout = ctx.generation.timeouts().upstream_response;
-    let pool = ctx.generation.upstream_pool().clone();
+    let timeout = generation.timeouts().upstream_response;
+    let pool = generation.upstream_pool();
     // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
     match pool.send(endpoint.addr, parts, body, timeout).await {
         Ok(resp) => {
@@ -624,6 +634,7 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// without `Host` (HTTP/2 carries the URI authority instead) gets the authority, or else the endpoint's.
 fn rewrite_request_headers(
     ctx: &RequestCtx,
+    generation: &Generation,
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     endpoint: &Endpoint,
@@ -640,8 +651,7 @@ fn rewrite_request_headers(
         headers.insert(HOST, value);
     }
     // Only a trusted proxy's list is extended; anyone else's is their own claim, and is dropped.
-    let trusted = ctx
-        .generation
+    let trusted = generation
         .config
         .forwarding
         .trusted_proxies
@@ -664,7 +674,7 @@ fn rewrite_request_headers(
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
     if let Some(id) = &ctx.id_header {
-        headers.insert(ctx.generation.request_id_header.clone(), id.clone());
+        headers.insert(generation.request_id_header.clone(), id.clone());
     }
     Ok(())
 }
@@ -785,29 +795,42 @@ fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
 }
 
 /// Arranges phase 8 for when the body is done.
-fn finish(proxy: &Arc<Proxy>, ctx: Box<RequestCtx>, resp: Outcome) -> Response<ProxyBody> {
+fn finish(
+    proxy: &Arc<Proxy>,
+    generation: Arc<Generation>,
+    ctx: Box<RequestCtx>,
+    resp: Outcome,
+) -> Response<ProxyBody> {
     let status = resp.status();
     let proxy = proxy.clone();
     resp.map(|b| {
         Finishing::new(b, move |bytes_out, complete| {
-            log(&proxy, &ctx, status, bytes_out, complete);
+            log(&proxy, &generation, &ctx, status, bytes_out, complete);
         })
         .boxed()
     })
 }
 
 /// Phase 8: the access line and the request metrics.
-fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, complete: bool) {
+fn log(
+    proxy: &Proxy,
+    generation: &Generation,
+    ctx: &RequestCtx,
+    status: StatusCode,
+    bytes_out: u64,
+    complete: bool,
+) {
     let now = Instant::now();
     let elapsed = now.saturating_duration_since(ctx.started);
-    let route = ctx.route.as_deref().unwrap_or("");
+    let matched = ctx.route.and_then(|i| generation.router.get(i));
+    let route = matched.map_or("", |r| &*r.label);
     proxy
         .metrics
         .observe_request(route, status.as_u16(), elapsed.as_secs_f64());
     // 4xx bursts are scanning; the answer itself is already out, so only a ban can follow.
     if status.is_client_error() && matches!(ctx.verdict, "allow" | "error") {
         let _ = proxy.risk.observe(
-            &risk_context(ctx, None),
+            &risk_context(ctx, matched.map(|r| &*r.label), None),
             Signal::Status(status.as_u16()),
             now,
             &proxy.metrics,
@@ -820,7 +843,7 @@ fn log(proxy: &Proxy, ctx: &RequestCtx, status: StatusCode, bytes_out: u64, comp
         path: &ctx.path,
         identity: ctx.identity.as_ref().map(|i| &*i.subject),
         route,
-        upstream: ctx.upstream.as_deref(),
+        upstream: matched.filter(|_| ctx.upstream_chosen).map(|r| &*r.upstream.name),
         endpoint: ctx.endpoint,
         status: status.as_u16(),
         bytes_in: ctx.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),

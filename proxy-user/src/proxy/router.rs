@@ -13,8 +13,9 @@ use super::upstream::Upstream;
 
 #[derive(Debug)]
 pub struct Route {
-    /// Shared, not copied, by every request that matches the route.
-    pub label: std::sync::Arc<str>,
+    /// The route's place in its [`Router`] (see [`Router::get`]).
+    pub index: usize,
+    pub label: Box<str>,
     pub host: Option<String>,
     pub path_prefix: String,
     pub methods: Vec<Method>,
@@ -50,6 +51,7 @@ impl Router {
         let mut routes = Vec::with_capacity(configs.len());
         for c in configs {
             routes.push(Route {
+                index: 0,
                 label: c.label().into(),
                 host: c.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 path_prefix: c.path_prefix.clone(),
@@ -69,7 +71,17 @@ impl Router {
         }
         // Stable sort keeps file order among equals, so the first-written of two identical routes wins.
         routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.path_prefix.len())));
+        for (index, r) in routes.iter_mut().enumerate() {
+            r.index = index;
+        }
         Some(Self { routes })
+    }
+
+    /// The route at `index` ([`Route::index`]): how a request names its route without holding a reference
+    /// count on anything shared by every worker.
+    #[must_use]
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     /// Whether any route names a host: without one, the request's host is never needed.

@@ -168,7 +168,7 @@ async fn drive<I>(
     let service = service_fn(move |req| {
         let proxy = svc_proxy.clone();
         let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(proxy, conn, req).await.into_response()) }
+        async move { Ok::<_, Infallible>(pipeline::handle(&proxy, conn, req).await.into_response()) }
     });
     let connection = generation
         .server

@@ -79,7 +79,12 @@ impl Upstream {
         if n == 0 {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        // One endpoint needs no turn-taking, and the counter is a write every worker would contend for.
+        let start = if n == 1 {
+            0
+        } else {
+            self.next.fetch_add(1, Ordering::Relaxed)
+        };
         let mut now = None;
         for i in 0..n {
             let idx = (start + i) % n;
@@ -112,7 +117,10 @@ impl Upstream {
 
     pub fn report_success(&self, idx: usize) {
         let Some(ep) = self.endpoints.get(idx) else { return };
-        if ep.consecutive_failures.swap(0, Ordering::Relaxed) != 0 {
+        // Read first: a write on every success would bounce the line between the workers for nothing.
+        if ep.consecutive_failures.load(Ordering::Relaxed) != 0
+            && ep.consecutive_failures.swap(0, Ordering::Relaxed) != 0
+        {
             ep.ejected_until.store(0, Ordering::Relaxed);
         }
     }
