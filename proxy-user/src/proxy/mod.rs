@@ -111,7 +111,7 @@ impl Proxy {
     ///
     /// Each thread takes sequence numbers from the shared counter in blocks of [`ID_BLOCK`]: ids stay unique, and
     /// the counter, a write every worker would contend for, is touched once per block instead of per request.
-    fn next_request_id(&self) -> String {
+    fn next_request_id(&self) -> http::HeaderValue {
         let owner = self.instance;
         let n = ID_BLOCKS.with(|cell| {
             let (mut from, mut next, mut end) = cell.get();
@@ -123,10 +123,12 @@ impl Proxy {
             cell.set((from, next + 1, end));
             next
         });
-        let mut id = String::with_capacity(20);
+        let mut id = Vec::with_capacity(20);
         push_hex(&mut id, u64::from(self.request_prefix), 8);
         push_hex(&mut id, n, 12);
-        id
+        // Hex digits are always a valid header value; the buffer becomes the value without a copy.
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(id))
+            .unwrap_or_else(|_| http::HeaderValue::from_static("0"))
     }
 }
 
@@ -431,12 +433,12 @@ fn random_u32() -> u32 {
 }
 
 /// Lower-case hex of `v`, zero-padded to at least `min_digits`.
-fn push_hex(out: &mut String, v: u64, min_digits: u32) {
+fn push_hex(out: &mut Vec<u8>, v: u64, min_digits: u32) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digits = min_digits.max((u64::BITS - v.leading_zeros()).div_ceil(4));
     for i in (0..digits).rev() {
         let nibble = (v >> (i * 4)) & 0xf;
-        out.push(char::from(DIGITS[usize::try_from(nibble).unwrap_or(0)]));
+        out.push(DIGITS[usize::try_from(nibble).unwrap_or(0)]);
     }
 }
 
@@ -451,9 +453,9 @@ mod tests {
             (u64::MAX, 12),
             (0x1_0000_0000_0000, 12),
         ] {
-            let mut s = String::new();
+            let mut s = Vec::new();
             super::push_hex(&mut s, v, min);
-            assert_eq!(s, format!("{v:0width$x}", width = min as usize));
+            assert_eq!(s, format!("{v:0width$x}", width = min as usize).into_bytes());
         }
     }
 }

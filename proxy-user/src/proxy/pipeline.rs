@@ -79,16 +79,16 @@ impl ConnInfo {
 
 /// Per-request state the phases share and the log phase reports.
 pub struct RequestCtx {
-    pub id: String,
-    /// `id` as the header value sent upstream and back to the client, made once.
-    id_header: Option<HeaderValue>,
+    /// The request id, as the header value sent upstream and back to the client (see [`RequestCtx::id`]).
+    id: HeaderValue,
     /// The client address as `X-Forwarded-For` carries it.
     source_header: HeaderValue,
     pub started: Instant,
     pub source: IpAddr,
     pub tls: bool,
     pub method: Method,
-    pub path: String,
+    /// For the log's path: a clone shares the request's bytes rather than copying them.
+    pub uri: http::Uri,
     /// The matched route's [`Route::index`] in the request's generation (which the phases are given beside the
     /// context): an index rather than a shared label, whose reference count every worker would contend for.
     pub route: Option<usize>,
@@ -106,6 +106,15 @@ pub struct RequestCtx {
     pub declared_body: Option<u64>,
     /// Set by the response phase (see [`Answer::raw_headers`]).
     raw_headers: Option<h1::RawHeaders>,
+}
+
+impl RequestCtx {
+    /// The request id as text.
+    #[must_use]
+    pub fn id(&self) -> &str {
+        // Made of hex digits by `Proxy::next_request_id`.
+        self.id.to_str().unwrap_or_default()
+    }
 }
 
 /// A refusal or failure the proxy answers itself. The body says only the class of problem and the request id.
@@ -198,18 +207,16 @@ pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req:
     // The one reference count the request takes on the generation, which every worker shares: the phases borrow
     // it, and the log phase holds it until the response body is done.
     let generation = proxy.current.load_full();
-    let id = proxy.next_request_id();
     // Boxed: it travels from here into the response body's log callback, and a pointer moves for less than
     // its few hundred bytes at every step.
     let mut ctx = Box::new(RequestCtx {
-        id_header: HeaderValue::from_str(&id).ok(),
-        id,
+        id: proxy.next_request_id(),
         source_header: conn.source_header.clone(),
         started: Instant::now(),
         source: conn.source,
         tls: conn.tls,
         method: req.method().clone(),
-        path: req.uri().path().to_owned(),
+        uri: req.uri().clone(),
         route: None,
         upstream_chosen: false,
         endpoint: None,
@@ -225,14 +232,11 @@ pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req:
             if ctx.verdict == "allow" {
                 ctx.verdict = "error";
             }
-            error_response(reject, &ctx.id).map(Either::Right)
+            error_response(reject, ctx.id()).map(Either::Right)
         }
     };
     let raw_headers = ctx.raw_headers.take();
-    let request_id = ctx
-        .id_header
-        .clone()
-        .map(|id| (generation.request_id_header.clone(), id));
+    let request_id = Some((generation.request_id_header.clone(), ctx.id.clone()));
     Answer {
         response: finish(proxy, generation, ctx, resp),
         request_id,
@@ -393,7 +397,10 @@ async fn auth(
             // The identity module only verifies subjects that fit in a header; refuse rather than forward
             // without one should that ever change.
             let value = HeaderValue::from_bytes(identity.subject.as_bytes()).map_err(|_| {
-                tracing::error!(request_id = %ctx.id, "verified subject is not a valid header value");
+                tracing::error!(
+                    request_id = ctx.id(),
+                    "verified subject is not a valid header value"
+                );
                 ctx.verdict = "error";
                 Reject::Unauthorized
             })?;
@@ -410,7 +417,11 @@ async fn auth(
                     kind: failure_name(rejection.event_kind).into(),
                 })
                 .inc();
-            let event = rejection.to_event(ctx.source, Some(route.label.to_string()), Some(ctx.id.clone()));
+            let event = rejection.to_event(
+                ctx.source,
+                Some(route.label.to_string()),
+                Some(ctx.id().to_owned()),
+            );
             crate::logging::security_event(&event);
             ctx.identity = rejection.identity;
             // Token tampering and credential guessing raise the source's (and a known identity's) risk; the
@@ -482,7 +493,7 @@ async fn inspect(
         source: ctx.source,
         identity: ctx.identity.clone(),
         route: Some(route.label.to_string()),
-        request_id: Some(ctx.id.clone()),
+        request_id: Some(ctx.id().to_owned()),
         kind: EventKind::Attack(category),
         severity: verdict.severity().unwrap_or(Severity::Notice),
         evidence: verdict.findings.iter().map(|f| f.evidence.clone()).collect(),
@@ -521,7 +532,7 @@ fn risk_context<'a>(ctx: &'a RequestCtx, label: Option<&'a str>, route: Option<&
         identity: ctx.identity.as_ref(),
         route: label,
         sensitivity: route.map_or(1.0, |r| r.sensitivity),
-        request_id: Some(&ctx.id),
+        request_id: Some(ctx.id()),
     }
 }
 
@@ -598,7 +609,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, kind, ejected,
+                request_id = ctx.id(), upstream = %upstream.name, endpoint = %endpoint.addr, kind, ejected,
                 error = %error_chain(&e), "upstream exchange failed; answering 502"
             );
             Err(Reject::BadGateway)
@@ -611,7 +622,7 @@ async fn upstream_request(
                 .inc();
             let ejected = upstream.report_failure(endpoint_idx);
             tracing::warn!(
-                request_id = %ctx.id, upstream = %upstream.name, endpoint = %endpoint.addr, ejected,
+                request_id = ctx.id(), upstream = %upstream.name, endpoint = %endpoint.addr, ejected,
                 timeout = %humantime::format_duration(timeout), "upstream response timed out; answering 504"
             );
             Err(Reject::GatewayTimeout)
@@ -673,9 +684,7 @@ fn rewrite_request_headers(
         X_FORWARDED_PROTO,
         HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
     );
-    if let Some(id) = &ctx.id_header {
-        headers.insert(generation.request_id_header.clone(), id.clone());
-    }
+    headers.insert(generation.request_id_header.clone(), ctx.id.clone());
     Ok(())
 }
 
@@ -735,13 +744,13 @@ fn response(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         let (parts, upstream_body) = resp.into_parts();
         if let (Some(client), Some((upstream, early))) = (client_upgrade, upstream_body.into_upgraded()) {
-            let request_id = ctx.id.clone();
+            let request_id = ctx.id().to_owned();
             let conn = conn.clone();
             tokio::spawn(async move { tunnel(client, upstream, early, &conn, &request_id).await });
             return Response::from_parts(parts, Either::Right(body::empty()));
         }
         // A 101 the client did not ask for cannot be honoured.
-        return error_response(Reject::BadGateway, &ctx.id).map(Either::Right);
+        return error_response(Reject::BadGateway, ctx.id()).map(Either::Right);
     }
     strip_hop_by_hop(resp.headers_mut());
     ctx.raw_headers = resp.body_mut().take_raw_headers();
@@ -837,10 +846,10 @@ fn log(
         );
     }
     crate::logging::access(&AccessLine {
-        request_id: &ctx.id,
+        request_id: ctx.id(),
         source: ctx.source,
         method: ctx.method.as_str(),
-        path: &ctx.path,
+        path: ctx.uri.path(),
         identity: ctx.identity.as_ref().map(|i| &*i.subject),
         route,
         upstream: matched.filter(|_| ctx.upstream_chosen).map(|r| &*r.upstream.name),
