@@ -591,7 +591,15 @@ async fn upstream_request(
     let timeout = generation.timeouts().upstream_response;
     let pool = generation.upstream_pool();
     // The pool writes the origin form and HTTP/1.1 itself, whatever the URI and version say.
-    match pool.send(endpoint.addr, parts, body, timeout).await {
+    // From now. When no phase before could wait (on a key fetch, on the client's body), they took microseconds,
+    // and the request's start stands in for now without a clock read.
+    let sent = if route.auth == AuthMode::None && route.policy.is_none() {
+        ctx.started
+    } else {
+        Instant::now()
+    };
+    let deadline = tokio::time::Instant::from_std(sent) + timeout;
+    match pool.send(endpoint.addr, parts, body, deadline).await {
         Ok(resp) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
@@ -845,22 +853,25 @@ fn log(
             &proxy.metrics,
         );
     }
-    crate::logging::access(&AccessLine {
-        request_id: ctx.id(),
-        source: ctx.source,
-        method: ctx.method.as_str(),
-        path: ctx.uri.path(),
-        identity: ctx.identity.as_ref().map(|i| &*i.subject),
-        route,
-        upstream: matched.filter(|_| ctx.upstream_chosen).map(|r| &*r.upstream.name),
-        endpoint: ctx.endpoint,
-        status: status.as_u16(),
-        bytes_in: ctx.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
-        bytes_out,
-        latency: elapsed,
-        verdict: ctx.verdict,
-        complete,
-    });
+    crate::logging::access(
+        &AccessLine {
+            request_id: ctx.id(),
+            source: ctx.source,
+            method: ctx.method.as_str(),
+            path: ctx.uri.path(),
+            identity: ctx.identity.as_ref().map(|i| &*i.subject),
+            route,
+            upstream: matched.filter(|_| ctx.upstream_chosen).map(|r| &*r.upstream.name),
+            endpoint: ctx.endpoint,
+            status: status.as_u16(),
+            bytes_in: ctx.bytes_in.as_ref().map_or(0, |n| n.load(Ordering::Relaxed)),
+            bytes_out,
+            latency: elapsed,
+            verdict: ctx.verdict,
+            complete,
+        },
+        now,
+    );
 }
 
 #[cfg(test)]

@@ -143,14 +143,14 @@ pub struct WorkerPool {
 impl WorkerPool {
     /// Sends `parts` and `body` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to
     /// `endpoint` on an idle connection or a new one, and returns the response once its head has arrived, which
-    /// must be within `timeout` of the connection being ready. The response body hands the connection back to
-    /// this pool once it has been read to the end.
+    /// must be by `deadline`. The response body hands the connection back to this pool once it has been read to
+    /// the end.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         parts: &http::request::Parts,
         body: ProxyBody,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<UpstreamResponse, ExchangeError> {
         let encoding = if body.is_end_stream() {
             BodyEncoding::None
@@ -174,7 +174,7 @@ impl WorkerPool {
                 // every future holding it, larger and slower to move on the hot path.
                 None => (Box::pin(self.connect(endpoint)).await?, false),
             };
-            match conn.exchange(&head, &mut tail, &parts.method, timeout).await {
+            match conn.exchange(&head, &mut tail, &parts.method, deadline).await {
                 Ok(head) => return Ok(self.response(endpoint, conn, head, tail)),
                 // A connection the upstream closed while it sat idle, and the request can be sent again whole
                 // (no body byte was taken yet): try the next one.
@@ -304,15 +304,14 @@ fn is_quiet(io: &TcpStream) -> bool {
 }
 
 impl Conn {
-    /// [`Self::send_and_read_head`] within `timeout`, on the connection's own timer.
+    /// [`Self::send_and_read_head`] by `deadline`, on the connection's own timer.
     async fn exchange(
         &mut self,
         head: &[u8],
         tail: &mut Option<RequestTail>,
         method: &Method,
-        timeout: Duration,
+        deadline: tokio::time::Instant,
     ) -> Result<ResponseHead, ExchangeFailure> {
-        let deadline = tokio::time::Instant::now() + timeout;
         let mut timer = self.timer.take().unwrap_or_else(|| Timer::new(deadline));
         timer.set(deadline);
         let exchanged = tokio::select! {
