@@ -31,7 +31,6 @@ use tokio::{
 };
 
 use super::{
-    Proxy,
     body::{BoxError, ProxyBody},
     generation::Generation,
     h1::{self, RequestHead, ResponseFraming},
@@ -60,7 +59,6 @@ const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// Serves requests on `io` until it closes or a request needs hyper. `accepted` starts the first head's
 /// `header_read` clock.
 pub async fn serve<I>(
-    proxy: &Arc<Proxy>,
     generation: &Generation,
     mut io: I,
     conn: &Arc<ConnInfo>,
@@ -142,7 +140,7 @@ where
         let request = simple.request.map(|()| Empty::<Bytes>::new());
         let answer = tokio::select! {
             biased;
-            answer = pipeline::handle(proxy, conn.clone(), request) => answer,
+            answer = pipeline::handle(conn.clone(), request) => answer,
             () = &mut closed => return Served::Closed,
         };
         let keep_alive = simple.keep_alive && !way_out.is_draining();

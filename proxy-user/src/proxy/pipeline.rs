@@ -50,8 +50,11 @@ use crate::{
 /// What the proxy knows about the client connection a request came on. It also holds the connection's place in
 /// the registry, so a WebSocket tunnel (which outlives hyper's connection) stays registered, counted and
 /// closable by `close_source` until the tunnel ends.
-#[derive(Debug)]
 pub struct ConnInfo {
+    /// The proxy serving the connection. Requests reach it through here: a request's log then holds the
+    /// connection (a reference count only its own worker touches) instead of another count on the proxy, which
+    /// every worker would contend for.
+    pub proxy: Arc<Proxy>,
     pub peer: SocketAddr,
     /// The peer's address in the one spelling decisions use (IPv4-mapped IPv6 as IPv4).
     pub source: IpAddr,
@@ -63,9 +66,10 @@ pub struct ConnInfo {
 
 impl ConnInfo {
     #[must_use]
-    pub fn new(peer: SocketAddr, tls: bool, registration: ConnectionGuard) -> Self {
+    pub fn new(proxy: Arc<Proxy>, peer: SocketAddr, tls: bool, registration: ConnectionGuard) -> Self {
         let source = crate::addr::canonical(peer.ip());
         Self {
+            proxy,
             peer,
             source,
             // An address's text is always a valid header value.
@@ -203,7 +207,8 @@ impl Answer {
 }
 
 /// Answers one request; never fails (every failure becomes a response).
-pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
+pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answer {
+    let proxy = &conn.proxy;
     // The one reference count the request takes on the generation, which every worker shares: the phases borrow
     // it, and the log phase holds it until the response body is done.
     let generation = proxy.current.load_full();
@@ -226,7 +231,7 @@ pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req:
         declared_body: None,
         raw_headers: None,
     });
-    let resp = match run_phases(proxy, &generation, &conn, &mut ctx, req).await {
+    let resp = match run_phases(&generation, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
             if ctx.verdict == "allow" {
@@ -238,19 +243,19 @@ pub async fn handle<B: ClientBody>(proxy: &Arc<Proxy>, conn: Arc<ConnInfo>, req:
     let raw_headers = ctx.raw_headers.take();
     let request_id = Some((generation.request_id_header.clone(), ctx.id.clone()));
     Answer {
-        response: finish(proxy, generation, ctx, resp),
+        response: finish(conn, generation, ctx, resp),
         request_id,
         raw_headers,
     }
 }
 
 async fn run_phases<B: ClientBody>(
-    proxy: &Arc<Proxy>,
     generation: &Generation,
     conn: &Arc<ConnInfo>,
     ctx: &mut RequestCtx,
     mut req: Request<B>,
 ) -> Result<Outcome, Reject> {
+    let proxy = &conn.proxy;
     request_filter(ctx, generation, &mut req)?;
     let route = route(ctx, generation, &req)?;
     // The optional phases' futures are boxed, and made only when the route needs them: inline, their size (the
@@ -813,16 +818,15 @@ fn error_response(reject: Reject, request_id: &str) -> Response<ProxyBody> {
 
 /// Arranges phase 8 for when the body is done.
 fn finish(
-    proxy: &Arc<Proxy>,
+    conn: Arc<ConnInfo>,
     generation: Arc<Generation>,
     ctx: Box<RequestCtx>,
     resp: Outcome,
 ) -> Response<ProxyBody> {
     let status = resp.status();
-    let proxy = proxy.clone();
     resp.map(|b| {
         Finishing::new(b, move |bytes_out, complete| {
-            log(&proxy, &generation, &ctx, status, bytes_out, complete);
+            log(&conn.proxy, &generation, &ctx, status, bytes_out, complete);
         })
         .boxed()
     })

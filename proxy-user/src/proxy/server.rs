@@ -100,18 +100,11 @@ async fn serve_connection(
     // Nagle only delays small responses; a failure here changes nothing that matters.
     let _ = tcp.set_nodelay(true);
     let acceptor = generation.tls.get(index).cloned().flatten();
-    let conn = Arc::new(ConnInfo::new(peer, acceptor.is_some(), guard));
+    let conn = Arc::new(ConnInfo::new(proxy.clone(), peer, acceptor.is_some(), guard));
     let header_read = generation.timeouts().header_read;
     match acceptor {
         None => {
-            drive(
-                proxy,
-                generation,
-                ClientIo::new(tcp),
-                conn,
-                Front::Http1(accepted),
-            )
-            .await;
+            drive(generation, ClientIo::new(tcp), conn, Front::Http1(accepted)).await;
         }
         Some(acceptor) => {
             let handshake = tokio::select! {
@@ -126,7 +119,7 @@ async fn serve_connection(
                     } else {
                         Front::Http1(accepted)
                     };
-                    drive(proxy, generation, ClientIo::new(tls), conn, front).await;
+                    drive(generation, ClientIo::new(tls), conn, front).await;
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
@@ -144,7 +137,6 @@ enum Front {
 }
 
 async fn drive<I>(
-    proxy: Arc<Proxy>,
     generation: Arc<super::generation::Generation>,
     io: ClientIo<I>,
     conn: Arc<ConnInfo>,
@@ -153,7 +145,7 @@ async fn drive<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let io = match front {
-        Front::Http1(accepted) => match front::serve(&proxy, &generation, io, &conn, accepted).await {
+        Front::Http1(accepted) => match front::serve(&generation, io, &conn, accepted).await {
             Served::Closed => return,
             Served::Handoff { mut io, unread } => {
                 io.unread = unread;
@@ -163,12 +155,10 @@ async fn drive<I>(
         Front::Hyper => io,
     };
     let activity = io.activity.clone();
-    let svc_proxy = proxy.clone();
     let svc_conn = conn.clone();
     let service = service_fn(move |req| {
-        let proxy = svc_proxy.clone();
         let conn = svc_conn.clone();
-        async move { Ok::<_, Infallible>(pipeline::handle(&proxy, conn, req).await.into_response()) }
+        async move { Ok::<_, Infallible>(pipeline::handle(conn, req).await.into_response()) }
     });
     let connection = generation
         .server
