@@ -3,12 +3,15 @@
 use std::{
     cell::RefCell,
     collections::HashMap,
-    sync::atomic::{AtomicU64, Ordering},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text::encode},
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
+    metrics::{MetricType, TypedMetric, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -57,8 +60,8 @@ pub struct Metrics {
     /// Tells this instance's entries in a thread's [`REQUEST_HANDLES`] from another instance's (tests run several).
     id: u64,
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<RequestLabels, Histogram>,
+    pub requests: Family<RequestLabels, ShardedCounter>,
+    pub latency: Family<RequestLabels, ShardedHistogram>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub auth_failures: Family<AuthFailureLabels, Counter>,
     pub open_connections: Gauge,
@@ -85,11 +88,9 @@ impl Metrics {
     #[must_use]
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("rasp_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RequestLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ])
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
+        let latency = Family::<RequestLabels, ShardedHistogram>::new_with_constructor(|| {
+            ShardedHistogram::new(&LATENCY_BOUNDS)
         });
         let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
         let auth_failures = Family::<AuthFailureLabels, Counter>::default();
@@ -235,8 +236,172 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(0);
 /// One (route, status)'s series; the metric types are handles onto the same atomics as the family's entry.
 struct RequestHandles {
     status: u16,
-    requests: Counter,
-    latency: Histogram,
+    requests: ShardedCounter,
+    latency: ShardedHistogram,
+}
+
+/// A counter kept per thread and summed when scraped, for the same reason as [`ShardedHistogram`]: one atomic
+/// shared by every worker, written once per request, moves its cache line between cores on every request.
+#[derive(Clone, Debug)]
+pub struct ShardedCounter {
+    shards: Arc<[Padded<AtomicU64>]>,
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        Self {
+            shards: (0..shard_count()).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl ShardedCounter {
+    pub fn inc(&self) {
+        let shard = &self.shards[SHARD.with(|s| *s) % self.shards.len()].0;
+        shard.fetch_add(1, Ordering::Relaxed);
+    }
+
+    #[must_use]
+    pub fn get(&self) -> u64 {
+        self.shards.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for ShardedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for ShardedCounter {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
+}
+
+/// Upper bounds of the request latency buckets, in seconds (`+Inf` follows).
+const LATENCY_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+/// Buckets a [`ShardedHistogram`] can hold, `+Inf` included.
+const MAX_BUCKETS: usize = 16;
+
+/// A histogram whose observations land in the observing thread's own shard, summed only when scraped.
+///
+/// Why not prometheus-client's `Histogram`: its `observe` takes one mutex that every worker shares, once per
+/// request, so the lock's and the counts' cache lines move between cores on every request. Here each thread
+/// locks its own shard (uncontended, and its lines stay in its core's cache); the text is the same.
+#[derive(Clone, Debug)]
+pub struct ShardedHistogram {
+    inner: Arc<Shards>,
+}
+
+#[derive(Debug)]
+struct Shards {
+    /// Finite upper bounds, ascending; the last bucket is `+Inf`.
+    bounds: Vec<f64>,
+    shards: Box<[Padded<Mutex<Shard>>]>,
+}
+
+/// One cache line pair per shard, so that two threads' shards never share a line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded<T>(T);
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Shard {
+    sum: f64,
+    count: u64,
+    buckets: [u64; MAX_BUCKETS],
+}
+
+/// Shards per histogram: enough that the worker threads (one per CPU) each get their own.
+fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZero::get)
+        .clamp(1, 32)
+        * 2
+}
+
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// The calling thread's shard, handed out in order of first use: the worker threads, the only ones that
+    /// observe requests, take consecutive (so distinct) shards.
+    static SHARD: usize = NEXT_SHARD.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ShardedHistogram {
+    /// `bounds`: finite, ascending, at most `MAX_BUCKETS - 1` of them (the rest are ignored).
+    #[must_use]
+    pub fn new(bounds: &[f64]) -> Self {
+        let bounds: Vec<f64> = bounds
+            .iter()
+            .copied()
+            .filter(|b| b.is_finite())
+            .take(MAX_BUCKETS - 1)
+            .collect();
+        Self {
+            inner: Arc::new(Shards {
+                bounds,
+                shards: (0..shard_count()).map(|_| Padded::default()).collect(),
+            }),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let shards = &self.inner.shards;
+        let shard = &shards[SHARD.with(|s| *s) % shards.len()].0;
+        // NaN compares false with every bound and lands in `+Inf`, as in prometheus-client.
+        let bucket = self
+            .inner
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.inner.bounds.len());
+        let mut s = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        s.sum += v;
+        s.count += 1;
+        s.buckets[bucket] += 1;
+    }
+
+    /// The shards summed: (sum, count, per-bucket counts with their upper bounds, `+Inf` last).
+    fn total(&self) -> (f64, u64, Vec<(f64, u64)>) {
+        let bounds = &self.inner.bounds;
+        let mut total = Shard::default();
+        for shard in &self.inner.shards {
+            let s = *shard.0.lock().unwrap_or_else(PoisonError::into_inner);
+            total.sum += s.sum;
+            total.count += s.count;
+            for (t, c) in total.buckets.iter_mut().zip(s.buckets) {
+                *t += c;
+            }
+        }
+        let buckets = bounds
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(total.buckets)
+            .collect();
+        (total.sum, total.count, buckets)
+    }
+}
+
+impl TypedMetric for ShardedHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for ShardedHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = self.total();
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 #[derive(Default)]
@@ -256,6 +421,74 @@ thread_local! {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text one registry with what `register` puts in it encodes to.
+    fn encoded(register: &dyn Fn(&mut Registry)) -> String {
+        let mut registry = Registry::default();
+        register(&mut registry);
+        let mut out = String::new();
+        encode(&mut out, &registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn sharded_histogram_reads_as_prometheus_clients_own() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let ours = ShardedHistogram::new(&LATENCY_BOUNDS);
+        let theirs = Histogram::new(LATENCY_BOUNDS);
+        // Powers of two, so that the sum is exact in any order.
+        let values = [
+            0.000_244_140_625,
+            0.000_488_281_25,
+            0.001_953_125,
+            0.125,
+            0.125,
+            8.0,
+            32.0,
+        ];
+        // From several threads, so that several shards hold observations.
+        std::thread::scope(|scope| {
+            for chunk in values.chunks(2) {
+                let (ours, theirs) = (&ours, &theirs);
+                scope.spawn(move || {
+                    for v in chunk {
+                        ours.observe(*v);
+                        theirs.observe(*v);
+                    }
+                });
+            }
+        });
+        let ours_text = encoded(&|r| r.register("latency", "l", ours.clone()));
+        assert_eq!(
+            ours_text,
+            encoded(&|r| r.register("latency", "l", theirs.clone()))
+        );
+        assert!(ours_text.contains("latency_count 7"), "{ours_text}");
+        assert!(ours_text.contains("latency_bucket{le=\"0.25\"} 5"), "{ours_text}");
+    }
+
+    #[test]
+    fn sharded_counter_reads_as_prometheus_clients_own() {
+        let ours = ShardedCounter::default();
+        let theirs = Counter::<u64>::default();
+        std::thread::scope(|scope| {
+            for n in [3, 5, 9] {
+                let (ours, theirs) = (&ours, &theirs);
+                scope.spawn(move || {
+                    for _ in 0..n {
+                        ours.inc();
+                        theirs.inc();
+                    }
+                });
+            }
+        });
+        let ours_text = encoded(&|r| r.register("requests", "r", ours.clone()));
+        assert_eq!(
+            ours_text,
+            encoded(&|r| r.register("requests", "r", theirs.clone()))
+        );
+        assert!(ours_text.contains("requests_total 17"), "{ours_text}");
+    }
 
     #[test]
     fn cached_handles_count_into_the_families_of_their_own_instance() {
