@@ -36,7 +36,7 @@ use super::{
 /// Idle connections kept per endpoint and worker, at most.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
 /// An idle connection older than this is closed rather than reused.
-const IDLE_TIMEOUT: Duration = Duration::from_mins(1);
+const IDLE_TIMEOUT_NS: u64 = 60 * 1_000_000_000;
 /// Pooled connections tried for one request before a fresh one is opened: each failed try is a connection the
 /// upstream closed while it sat idle, and the request was never taken by it.
 const MAX_STALE_TRIES: usize = 4;
@@ -129,7 +129,8 @@ pub struct Conn {
 
 struct Idle {
     conn: Conn,
-    since: Duration,
+    /// `xdp::sys::monotonic_coarse_ns`: idle ages need no better than its few milliseconds.
+    since: u64,
 }
 
 /// One worker's idle upstream connections by endpoint. Only its worker thread takes from it, so its lock is
@@ -227,9 +228,9 @@ impl WorkerPool {
     fn take_idle(&self, endpoint: SocketAddr) -> Option<Conn> {
         let mut idle = self.lock();
         let stack = idle.get_mut(&endpoint)?;
-        let now = coarse_now();
+        let now = crate::xdp::sys::monotonic_coarse_ns();
         while let Some(entry) = stack.pop() {
-            if now.saturating_sub(entry.since) < IDLE_TIMEOUT && is_quiet(&entry.conn.io) {
+            if now.saturating_sub(entry.since) < IDLE_TIMEOUT_NS && is_quiet(&entry.conn.io) {
                 return Some(entry.conn);
             }
         }
@@ -237,13 +238,13 @@ impl WorkerPool {
     }
 
     fn put_idle(&self, endpoint: SocketAddr, conn: Conn) {
-        let now = coarse_now();
+        let now = crate::xdp::sys::monotonic_coarse_ns();
         let mut idle = self.lock();
         let stack = idle.entry(endpoint).or_default();
         // The oldest sit at the bottom of the stack: close those past their time.
         let expired = stack
             .iter()
-            .take_while(|e| now.saturating_sub(e.since) >= IDLE_TIMEOUT)
+            .take_while(|e| now.saturating_sub(e.since) >= IDLE_TIMEOUT_NS)
             .count();
         stack.drain(..expired);
         if stack.len() < MAX_IDLE_PER_ENDPOINT {
@@ -271,21 +272,6 @@ impl WorkerPool {
             timer: None,
         })
     }
-}
-
-/// `CLOCK_MONOTONIC_COARSE`: idle ages need no better than its few milliseconds, and it is read without the
-/// TSC, for a fraction of a precise read's cost (two reads per request otherwise).
-fn coarse_now() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC_COARSE is always supported on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &raw mut ts) };
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
 }
 
 /// Whether an idle connection has nothing to say. An idle HTTP/1.1 connection that became readable was closed

@@ -17,12 +17,23 @@ const BPF_LINK_DETACH: libc::c_long = 34;
 /// `CLOCK_MONOTONIC` in ns: the clock of `bpf_ktime_get_ns`, which the kernel compares ban expiries against.
 #[must_use]
 pub fn monotonic_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC)
+}
+
+/// `CLOCK_MONOTONIC_COARSE` in ns: the same clock at the kernel tick's resolution (a few ms), read without the
+/// TSC, for a fraction of a precise read's cost. For bookkeeping that needs no better, read per request.
+#[must_use]
+pub fn monotonic_coarse_ns() -> u64 {
+    clock_ns(libc::CLOCK_MONOTONIC_COARSE)
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on Linux.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts) };
+    // SAFETY: `ts` is a valid, writable timespec; both monotonic clocks above are always supported on Linux.
+    unsafe { libc::clock_gettime(clock, &raw mut ts) };
     u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap_or(0)
 }
 
