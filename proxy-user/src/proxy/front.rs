@@ -79,9 +79,8 @@ where
     let mut head_clock = true;
     let way_out = &conn.registration.closer;
     let closed = way_out.closed();
-    let shutdown = way_out.draining();
-    tokio::pin!(closed, shutdown);
-    let mut draining = false;
+    let drain = way_out.draining();
+    tokio::pin!(closed, drain);
     // Each `select!` below polls its main future first, as most are ready at once. A close that lands while
     // they are is seen here, between requests.
     while !way_out.is_closed() {
@@ -100,7 +99,7 @@ where
                     };
                 }
                 RequestHead::Partial if buf.is_empty() => {
-                    if draining {
+                    if way_out.is_draining() {
                         close(io).await;
                         return Served::Closed;
                     }
@@ -126,7 +125,8 @@ where
                     }
                 },
                 () = &mut closed => return Served::Closed,
-                () = &mut shutdown, if !draining => draining = true,
+                // Wakes the wait above so that an idle connection closes; a head in progress is finished first.
+                () = &mut drain, if !way_out.is_draining() => {}
                 () = timer.expired() => {
                     tracing::debug!(
                         peer = %conn.peer, partial_head = !buf.is_empty(),
