@@ -195,7 +195,7 @@ async fn write_response<I: AsyncWrite + Unpin>(
     DATE.with_borrow_mut(|date| {
         let headers = h1::ResponseHeaders {
             map: &parts.headers,
-            extra: answer.request_id.as_ref().map(|(name, value)| (name, value)),
+            extra: Some((&answer.request_id.0, &answer.request_id.1)),
             raw: answer.raw_headers.as_ref(),
         };
         h1::encode_response_head(out, status, &headers, framing, keep_alive, date.now());

@@ -186,7 +186,7 @@ impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Syn
 pub struct Answer {
     pub response: Response<ProxyBody>,
     /// The request id header.
-    pub request_id: Option<(HeaderName, HeaderValue)>,
+    pub request_id: (HeaderName, HeaderValue),
     /// The upstream's headers as it wrote them (see [`h1::RawHeaders`]).
     pub raw_headers: Option<h1::RawHeaders>,
 }
@@ -199,9 +199,8 @@ impl Answer {
         if let Some(raw) = &self.raw_headers {
             h1::materialize(response.headers_mut(), raw);
         }
-        if let Some((name, value)) = self.request_id {
-            response.headers_mut().insert(name, value);
-        }
+        let (name, value) = self.request_id;
+        response.headers_mut().insert(name, value);
         response
     }
 }
@@ -241,7 +240,7 @@ pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answ
         }
     };
     let raw_headers = ctx.raw_headers.take();
-    let request_id = Some((generation.request_id_header.clone(), ctx.id.clone()));
+    let request_id = (generation.request_id_header.clone(), ctx.id.clone());
     Answer {
         response: finish(conn, generation, ctx, resp),
         request_id,
