@@ -188,6 +188,7 @@ async fn forwarding_headers_set_and_hop_by_hop_and_forged_subject_removed() {
     let req = Request::get(p.url("/h"))
         .header("x-authenticated-subject", "admin")
         .header("x-forwarded-for", "198.51.100.9")
+        .header("x-forwarded-proto", "https")
         .header("x-request-id", "client-chosen")
         .header("connection", "x-private-hop")
         .header("x-private-hop", "1")

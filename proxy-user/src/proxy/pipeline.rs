@@ -585,7 +585,7 @@ async fn upstream_request(
     (endpoint_idx, endpoint): (usize, &Endpoint),
 ) -> Result<UpstreamResponse, Reject> {
     let upgrade = upgrade.then(|| parts.headers.get(UPGRADE).cloned()).flatten();
-    rewrite_request_headers(ctx, generation, parts, upgrade, endpoint)?;
+    let forwarding = rewrite_request_headers(ctx, generation, parts, upgrade, endpoint)?;
 
     let upstream = &route.upstream;
     let error_labels = |kind| UpstreamErrorLabels {
@@ -603,7 +603,8 @@ async fn upstream_request(
         Instant::now()
     };
     let deadline = tokio::time::Instant::from_std(sent) + timeout;
-    match pool.send(endpoint.addr, parts, body, deadline).await {
+    let appended = forwarding.headers(ctx, generation);
+    match pool.send(endpoint.addr, parts, &appended, body, deadline).await {
         Ok(resp) => {
             upstream.report_success(endpoint_idx);
             Ok(resp)
@@ -653,15 +654,16 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     out
 }
 
-/// Hop-by-hop headers out, forwarding headers in. `upgrade` keeps a WebSocket handshake intact. A request
-/// without `Host` (HTTP/2 carries the URI authority instead) gets the authority, or else the endpoint's.
+/// Hop-by-hop headers out, and the client's own forwarding headers (the proxy writes its own, see
+/// [`Forwarding`]). `upgrade` keeps a WebSocket handshake intact. A request without `Host` (HTTP/2 carries the
+/// URI authority instead) gets the authority, or else the endpoint's.
 fn rewrite_request_headers(
     ctx: &RequestCtx,
     generation: &Generation,
     parts: &mut http::request::Parts,
     upgrade: Option<HeaderValue>,
     endpoint: &Endpoint,
-) -> Result<(), Reject> {
+) -> Result<Forwarding, Reject> {
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     if let Some(proto) = upgrade {
@@ -681,27 +683,60 @@ fn rewrite_request_headers(
         .iter()
         .any(|net| net.contains(&ctx.source));
     let prior = trusted
-        .then(|| headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
+        .then(|| headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
         .flatten()
         .filter(|prior| !prior.trim().is_empty());
-    let xff = match prior {
+    let extended_for = match prior {
         Some(prior) => {
             let source = ctx.source_header.to_str().unwrap_or_default();
-            HeaderValue::try_from(format!("{prior}, {source}")).map_err(|_| Reject::BadRequest)?
+            Some(HeaderValue::try_from(format!("{prior}, {source}")).map_err(|_| Reject::BadRequest)?)
         }
-        None => ctx.source_header.clone(),
+        None => None,
     };
-    headers.insert(X_FORWARDED_FOR, xff);
-    headers.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if ctx.tls { "https" } else { "http" }),
-    );
-    headers.insert(generation.request_id_header.clone(), ctx.id.clone());
-    Ok(())
+    let id_header = &generation.request_id_header;
+    // One pass over the request's few names; the removals (hashed) only for a client that sent one.
+    let claims = headers
+        .keys()
+        .any(|n| *n == X_FORWARDED_FOR || *n == X_FORWARDED_PROTO || n == id_header);
+    if claims {
+        headers.remove(&X_FORWARDED_FOR);
+        headers.remove(&X_FORWARDED_PROTO);
+        headers.remove(id_header);
+    }
+    Ok(Forwarding { extended_for })
 }
 
-const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// What the proxy tells the upstream about the request, written after the request's own headers (see
+/// [`h1::Appended`]): `X-Forwarded-For` (the client, after a trusted proxy's list), `X-Forwarded-Proto`, and the
+/// request id.
+struct Forwarding {
+    /// `X-Forwarded-For` when a trusted proxy's list was extended; `None`: the client address alone.
+    extended_for: Option<HeaderValue>,
+}
+
+impl Forwarding {
+    fn headers<'a>(
+        &'a self,
+        ctx: &'a RequestCtx,
+        generation: &'a Generation,
+    ) -> [(&'a HeaderName, &'a HeaderValue); 3] {
+        let proto = if ctx.tls { &HTTPS } else { &HTTP };
+        [
+            (
+                &X_FORWARDED_FOR,
+                self.extended_for.as_ref().unwrap_or(&ctx.source_header),
+            ),
+            (&X_FORWARDED_PROTO, proto),
+            (&generation.request_id_header, &ctx.id),
+        ]
+    }
+}
+
+static HTTP: HeaderValue = HeaderValue::from_static("http");
+static HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// RFC 9110 §7.6.1: `Connection` and the headers it names, plus the classic hop-by-hop set.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {

@@ -142,14 +142,15 @@ pub struct WorkerPool {
 }
 
 impl WorkerPool {
-    /// Sends `parts` and `body` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its URI and version) to
-    /// `endpoint` on an idle connection or a new one, and returns the response once its head has arrived, which
+    /// Sends `parts`, then `appended`, and `body` (`Host` set; it goes out in origin form as HTTP/1.1 whatever its
+    /// URI and version) to `endpoint` on an idle connection or a new one, and returns the response once its head has arrived, which
     /// must be by `deadline`. The response body hands the connection back to this pool once it has been read to
     /// the end.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         parts: &http::request::Parts,
+        appended: &h1::Appended<'_>,
         body: ProxyBody,
         deadline: tokio::time::Instant,
     ) -> Result<UpstreamResponse, ExchangeError> {
@@ -164,8 +165,15 @@ impl WorkerPool {
             .uri
             .path_and_query()
             .map_or("/", http::uri::PathAndQuery::as_str);
-        let mut head = Vec::with_capacity(256 + 64 * parts.headers.len());
-        h1::encode_request_head(&mut head, &parts.method, target, &parts.headers, encoding);
+        let mut head = Vec::with_capacity(256 + 64 * (parts.headers.len() + appended.len()));
+        h1::encode_request_head(
+            &mut head,
+            &parts.method,
+            target,
+            &parts.headers,
+            appended,
+            encoding,
+        );
         let mut tail = (encoding != BodyEncoding::None).then(|| RequestTail::new(body, encoding));
         let mut stale_tries = 0;
         loop {

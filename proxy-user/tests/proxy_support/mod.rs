@@ -117,16 +117,17 @@ async fn upstream_handle(
             .unwrap();
         return Ok(resp);
     }
-    let headers: serde_json::Map<String, serde_json::Value> = req
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_owned(),
-                serde_json::Value::from(v.to_str().unwrap_or("<bin>")),
-            )
-        })
-        .collect();
+    // A repeated header's values joined, as a list header reads: a second copy is seen, not overwritten.
+    let mut headers = serde_json::Map::new();
+    for name in req.headers().keys() {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap_or("<bin>"))
+            .collect();
+        headers.insert(name.as_str().to_owned(), values.join(", ").into());
+    }
     let body = serde_json::json!({
         "upstream": name,
         "method": req.method().as_str(),
