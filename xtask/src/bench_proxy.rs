@@ -33,6 +33,9 @@ struct Row {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// How far this target's own p99 moved between rounds (the interquartile range of the rounds' p99s): the
+    /// noise a p99 difference must exceed before it says anything about the proxies.
+    p99_spread_ms: f64,
     /// CPU time (user + system) the proxy spent per request: unlike req/s, it does not depend on how busy the
     /// rest of the machine is.
     cpu_us_per_req: Option<f64>,
@@ -292,16 +295,22 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
 /// is one sample of the noisiest figure, and decided more comparisons than the proxies did.
 fn medians(runs: &[Row]) -> Option<Row> {
     let first = runs.first()?;
-    let median = |column: fn(&Row) -> f64| {
+    let sorted = |column: fn(&Row) -> f64| {
         let mut values: Vec<f64> = runs.iter().map(column).collect();
         values.sort_by(f64::total_cmp);
+        values
+    };
+    let median = |column: fn(&Row) -> f64| {
+        let values = sorted(column);
         values[values.len() / 2]
     };
+    let p99s = sorted(|r| r.p99_ms);
     Some(Row {
         name: first.name,
         rps: median(|r| r.rps),
         p50_ms: median(|r| r.p50_ms),
         p99_ms: median(|r| r.p99_ms),
+        p99_spread_ms: p99s[p99s.len() * 3 / 4] - p99s[p99s.len() / 4],
         cpu_us_per_req: first
             .cpu_us_per_req
             .is_some()
@@ -569,6 +578,7 @@ fn measure(name: &'static str, url: &str, headers: &[&str], pids: &[u32]) -> Res
         rps,
         p50_ms: percentile("50%")?,
         p99_ms: percentile("99%")?,
+        p99_spread_ms: 0.0,
         cpu_us_per_req,
     })
 }
@@ -604,12 +614,12 @@ fn print_table(rows: &[Row]) {
         w = proxy_workers()
     );
     println!(
-        "| {:<34} | {:>10} | {:>9} | {:>9} | {:>9} | {:>18} |",
-        "target", "req/s", "p50 ms", "p99 ms", "vs nginx", "proxy CPU us/req"
+        "| {:<34} | {:>10} | {:>9} | {:>9} | {:>14} | {:>9} | {:>18} |",
+        "target", "req/s", "p50 ms", "p99 ms", "p99 spread ms", "vs nginx", "proxy CPU us/req"
     );
     println!(
-        "|{:-<36}|{:-<12}|{:-<11}|{:-<11}|{:-<11}|{:-<20}|",
-        "", "", "", "", "", ""
+        "|{:-<36}|{:-<12}|{:-<11}|{:-<11}|{:-<16}|{:-<11}|{:-<20}|",
+        "", "", "", "", "", "", ""
     );
     for r in rows {
         let ratio = nginx.map_or_else(|| "-".to_owned(), |n| format!("{:.2}x", r.rps / n.rps));
@@ -617,20 +627,26 @@ fn print_table(rows: &[Row]) {
             .cpu_us_per_req
             .map_or_else(|| "-".to_owned(), |c| format!("{c:.1}"));
         println!(
-            "| {:<34} | {:>10.0} | {:>9.3} | {:>9.3} | {:>9} | {:>18} |",
-            r.name, r.rps, r.p50_ms, r.p99_ms, ratio, cpu
+            "| {:<34} | {:>10.0} | {:>9.3} | {:>9.3} | {:>14.3} | {:>9} | {:>18} |",
+            r.name, r.rps, r.p50_ms, r.p99_ms, r.p99_spread_ms, ratio, cpu
         );
     }
     if let Some(n) = nginx {
         for (prefix, target) in [("(b)", 1.0), ("(c)", 0.9)] {
             if let Some(r) = rows.iter().find(|r| r.name.starts_with(prefix)) {
-                let ok = r.rps >= target * n.rps && r.p99_ms <= n.p99_ms;
+                // Worse means worse by more than nginx's p99 differs from itself between rounds: compared
+                // strictly, nginx would fail against its own second instance half the time.
+                let p99_worse = r.p99_ms > n.p99_ms + n.p99_spread_ms;
+                let ok = r.rps >= target * n.rps && !p99_worse;
                 println!(
-                    "{prefix} target >= {target:.1}x nginx req/s at no worse p99: {} ({:.2}x, p99 {:.3} vs {:.3} ms)",
+                    "{prefix} target >= {target:.1}x nginx req/s at no worse p99: {} ({:.2}x; p99 {:.3} vs {:.3} ms, \
+                     {:+.3} ms against nginx's own spread of {:.3} ms between rounds)",
                     if ok { "met" } else { "NOT met" },
                     r.rps / n.rps,
                     r.p99_ms,
-                    n.p99_ms
+                    n.p99_ms,
+                    r.p99_ms - n.p99_ms,
+                    n.p99_spread_ms
                 );
             }
         }
@@ -665,10 +681,17 @@ mod tests {
             rps,
             p50_ms: 1.0,
             p99_ms,
+            p99_spread_ms: 0.0,
             cpu_us_per_req: None,
         };
         let m = medians(&[row(10.0, 9.0), row(30.0, 1.0), row(20.0, 5.0)]).unwrap();
         assert_eq!((m.rps, m.p99_ms, m.cpu_us_per_req), (20.0, 5.0, None));
+        let rounds: Vec<Row> = [4.0, 1.0, 3.0, 9.0, 2.0]
+            .into_iter()
+            .map(|p| row(1.0, p))
+            .collect();
+        let spread = medians(&rounds).unwrap().p99_spread_ms;
+        assert!((spread - 2.0).abs() < 1e-9, "p99s 1 [2 3 4] 9: {spread}");
         assert!(medians(&[]).is_none());
     }
 }
