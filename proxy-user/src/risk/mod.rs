@@ -97,6 +97,10 @@ impl Decaying {
     }
 
     fn get(&self, now: Instant, half_life: Duration) -> f64 {
+        // Most sources never score: no clock arithmetic and no `powf` for them.
+        if self.value == 0.0 {
+            return 0.0;
+        }
         let dt = now.saturating_duration_since(self.at).as_secs_f64();
         self.value * 0.5_f64.powf(dt / half_life.as_secs_f64())
     }
