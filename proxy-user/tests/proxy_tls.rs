@@ -55,10 +55,17 @@ async fn http2_over_tls_with_a_rust_client() {
         let resp = sender.send_request(req).await.unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.version(), http::Version::HTTP_2);
+        let id = resp.headers()["x-request-id"].to_str().unwrap().to_owned();
         let body = resp.into_body().collect().await.unwrap().to_bytes();
         let j = json(&body);
         assert_eq!(j["path"], format!("/h2/{i}"));
         assert_eq!(j["headers"]["x-forwarded-proto"], "https");
+        assert_eq!(id.len(), 20, "{id}");
+        assert_eq!(
+            j["headers"]["x-request-id"],
+            id.as_str(),
+            "the upstream and the client see the same id"
+        );
         assert_eq!(j["headers"]["host"], "localhost");
     }
 }

@@ -432,10 +432,23 @@ pub enum BodyEncoding {
     Chunked,
 }
 
+/// A header value that cannot split a head (no CR, LF or NUL) by its construction: a `HeaderValue` (checked when
+/// it was made) or a value the proxy makes itself from a safe alphabet (a request id's hex digits), which so needs
+/// neither a check nor an allocation to become a `HeaderValue` first.
+pub trait HeaderText: Sync {
+    fn header_bytes(&self) -> &[u8];
+}
+
+impl HeaderText for HeaderValue {
+    fn header_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// Headers written after a request's own, by reference: the proxy's forwarding headers. Inserting them into the
 /// request's map first cost three hashed inserts (and two reference counts) per request, only for the map to be
 /// written out here. The map must not carry these names as well.
-pub type Appended<'a> = [(&'a http::HeaderName, &'a HeaderValue)];
+pub type Appended<'a> = [(&'a http::HeaderName, &'a dyn HeaderText)];
 
 /// Writes `method target HTTP/1.1`, the headers, `appended`, and the framing header `body` calls for (any framing
 /// header among `headers` is dropped first: the framing is this function's to decide). Header names and values
@@ -459,7 +472,7 @@ pub fn encode_request_head(
         put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     for (name, value) in appended {
-        put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        put_header_line(out, name.as_str().as_bytes(), value.header_bytes());
     }
     match body {
         // A body-less POST/PUT/PATCH still says so: some servers wait for a length otherwise.
@@ -739,7 +752,7 @@ pub enum ResponseFraming {
 pub struct ResponseHeaders<'a> {
     pub map: &'a HeaderMap,
     /// One header the proxy adds last (the request id).
-    pub extra: Option<(&'a http::HeaderName, &'a HeaderValue)>,
+    pub extra: Option<(&'a http::HeaderName, &'a dyn HeaderText)>,
     /// The upstream's own, as it wrote them.
     pub raw: Option<&'a RawHeaders>,
 }
@@ -775,7 +788,7 @@ pub fn encode_response_head(
         put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
     }
     if let Some((name, value)) = extra {
-        put_header_line(out, name.as_str().as_bytes(), value.as_bytes());
+        put_header_line(out, name.as_str().as_bytes(), value.header_bytes());
     }
     if let Some(raw) = raw {
         out.extend_from_slice(&raw.lines);

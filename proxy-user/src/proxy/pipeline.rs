@@ -29,11 +29,11 @@ use http_body_util::{BodyExt as _, Either, Limited};
 use hyper_util::rt::TokioIo;
 
 use super::{
-    Proxy,
+    Proxy, RequestId,
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
-    h1::{self, HOP_BY_HOP, HOP_CONNECTION, hop_by_hop_index},
+    h1::{self, HOP_BY_HOP, HOP_CONNECTION, HeaderText, hop_by_hop_index},
     pool::{UpstreamBody, UpstreamResponse},
     router::{Route, RouteMatch},
     upstream::Endpoint,
@@ -83,8 +83,8 @@ impl ConnInfo {
 
 /// Per-request state the phases share and the log phase reports.
 pub struct RequestCtx {
-    /// The request id, as the header value sent upstream and back to the client (see [`RequestCtx::id`]).
-    id: HeaderValue,
+    /// Sent upstream and back to the client, logged, and quoted in error bodies.
+    pub id: RequestId,
     /// The client address as `X-Forwarded-For` carries it.
     source_header: HeaderValue,
     pub started: Instant,
@@ -116,8 +116,7 @@ impl RequestCtx {
     /// The request id as text.
     #[must_use]
     pub fn id(&self) -> &str {
-        // Made of hex digits by `Proxy::next_request_id`.
-        self.id.to_str().unwrap_or_default()
+        self.id.as_str()
     }
 }
 
@@ -186,7 +185,7 @@ impl<B: http_body::Body<Data = bytes::Bytes, Error: Into<BoxError>> + Send + Syn
 pub struct Answer {
     pub response: Response<ProxyBody>,
     /// The request id header.
-    pub request_id: (HeaderName, HeaderValue),
+    pub request_id: (HeaderName, RequestId),
     /// The upstream's headers as it wrote them (see [`h1::RawHeaders`]).
     pub raw_headers: Option<h1::RawHeaders>,
 }
@@ -199,8 +198,8 @@ impl Answer {
         if let Some(raw) = &self.raw_headers {
             h1::materialize(response.headers_mut(), raw);
         }
-        let (name, value) = self.request_id;
-        response.headers_mut().insert(name, value);
+        let (name, id) = self.request_id;
+        response.headers_mut().insert(name, id.header_value());
         response
     }
 }
@@ -240,7 +239,7 @@ pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answ
         }
     };
     let raw_headers = ctx.raw_headers.take();
-    let request_id = (generation.request_id_header.clone(), ctx.id.clone());
+    let request_id = (generation.request_id_header.clone(), ctx.id);
     Answer {
         response: finish(conn, generation, ctx, resp),
         request_id,
@@ -719,14 +718,14 @@ impl Forwarding {
         &'a self,
         ctx: &'a RequestCtx,
         generation: &'a Generation,
-    ) -> [(&'a HeaderName, &'a HeaderValue); 3] {
+    ) -> [(&'a HeaderName, &'a dyn HeaderText); 3] {
         let proto = if ctx.tls { &HTTPS } else { &HTTP };
         [
             (
                 &X_FORWARDED_FOR,
                 self.extended_for.as_ref().unwrap_or(&ctx.source_header),
             ),
-            (&X_FORWARDED_PROTO, proto),
+            (&X_FORWARDED_PROTO, proto as &dyn HeaderText),
             (&generation.request_id_header, &ctx.id),
         ]
     }
