@@ -224,8 +224,9 @@ pub static HOP_BY_HOP: [http::HeaderName; 9] = [
     http::HeaderName::from_static("keep-alive"),
     http::HeaderName::from_static("proxy-connection"),
 ];
-/// Where `Connection` and `Transfer-Encoding` sit in [`HOP_BY_HOP`].
+/// Where `Connection`, `Upgrade` and `Transfer-Encoding` sit in [`HOP_BY_HOP`].
 pub const HOP_CONNECTION: usize = 0;
+pub const HOP_UPGRADE: usize = 4;
 const HOP_TRANSFER_ENCODING: usize = 3;
 
 /// Where `name` (in any case) sits in [`HOP_BY_HOP`]. By length first: most names are told apart without
@@ -237,7 +238,7 @@ pub fn hop_by_hop_index(name: &[u8]) -> Option<usize> {
     let i = match name.len() {
         2 if is(b"te") => 1,
         7 if is(b"trailer") => 2,
-        7 if is(b"upgrade") => 4,
+        7 if is(b"upgrade") => HOP_UPGRADE,
         10 if is(b"connection") => HOP_CONNECTION,
         10 if is(b"keep-alive") => 7,
         16 if is(b"proxy-connection") => 8,

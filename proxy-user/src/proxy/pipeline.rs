@@ -33,7 +33,7 @@ use super::{
     body::{self, BoxError, Counted, Finishing, ProxyBody},
     connections::ConnectionGuard,
     generation::Generation,
-    h1::{self, HOP_BY_HOP, HOP_CONNECTION, HeaderText, hop_by_hop_index},
+    h1::{self, HOP_BY_HOP, HOP_CONNECTION, HOP_UPGRADE, HeaderText, hop_by_hop_index},
     pool::{UpstreamBody, UpstreamResponse},
     router::{Route, RouteMatch},
     upstream::Endpoint,
@@ -110,6 +110,43 @@ pub struct RequestCtx {
     pub declared_body: Option<u64>,
     /// Set by the response phase (see [`Answer::raw_headers`]).
     raw_headers: Option<h1::RawHeaders>,
+    /// Read by the request filter.
+    names: NamesSeen,
+}
+
+/// The client's header names as one pass in the request filter found them: the later phases ask these instead
+/// of the map, where every question is a hash and a probe. The phases after the filter add only the subject
+/// header (auth) and, after reading these, the upgrade pair (the upstream request), so the facts stay true.
+#[derive(Debug, Default, Clone, Copy)]
+struct NamesSeen {
+    /// Which of [`HOP_BY_HOP`] are there.
+    hop_by_hop: [bool; HOP_BY_HOP.len()],
+    host: bool,
+    /// A header named as the proxy's subject header: a forgery.
+    subject: bool,
+    /// `X-Forwarded-For`, `X-Forwarded-Proto` or the request id header: claims the proxy replaces.
+    forwarding: bool,
+}
+
+impl NamesSeen {
+    fn of(headers: &HeaderMap, generation: &Generation) -> Self {
+        let mut seen = Self::default();
+        for name in headers.keys() {
+            if let Some(i) = hop_by_hop_index(name.as_str().as_bytes()) {
+                seen.hop_by_hop[i] = true;
+            } else if name == HOST {
+                seen.host = true;
+            } else if *name == generation.subject_header {
+                seen.subject = true;
+            } else if *name == X_FORWARDED_FOR
+                || *name == X_FORWARDED_PROTO
+                || *name == generation.request_id_header
+            {
+                seen.forwarding = true;
+            }
+        }
+        seen
+    }
 }
 
 impl RequestCtx {
@@ -228,6 +265,7 @@ pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answ
         bytes_in: None,
         declared_body: None,
         raw_headers: None,
+        names: NamesSeen::default(),
     });
     let resp = match run_phases(&generation, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
@@ -262,7 +300,7 @@ async fn run_phases<B: ClientBody>(
         Box::pin(auth(proxy, generation, ctx, route, req.headers_mut())).await?;
     }
     rate(proxy, ctx, route)?;
-    let upgrade = is_upgrade(req.headers());
+    let upgrade = is_upgrade(req.headers(), &ctx.names);
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, incoming) = req.into_parts();
     let body = request_body(ctx, generation, incoming);
@@ -307,8 +345,11 @@ fn request_filter<B: ClientBody>(
         return Err(Reject::PayloadTooLarge);
     }
     ctx.declared_body = declared;
+    ctx.names = NamesSeen::of(req.headers(), generation);
     // A forged subject header would impersonate whoever the upstream trusts it to name.
-    req.headers_mut().remove(&generation.subject_header);
+    if ctx.names.subject {
+        req.headers_mut().remove(&generation.subject_header);
+    }
     Ok(())
 }
 
@@ -664,12 +705,12 @@ fn rewrite_request_headers(
     endpoint: &Endpoint,
 ) -> Result<Forwarding, Reject> {
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    remove_hop_by_hop(headers, ctx.names.hop_by_hop);
     if let Some(proto) = upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(UPGRADE, proto);
     }
-    if !headers.contains_key(HOST) {
+    if !ctx.names.host {
         let authority = parts.uri.authority().unwrap_or(&endpoint.authority);
         let value = HeaderValue::from_str(authority.as_str()).map_err(|_| Reject::BadRequest)?;
         headers.insert(HOST, value);
@@ -692,15 +733,11 @@ fn rewrite_request_headers(
         }
         None => None,
     };
-    let id_header = &generation.request_id_header;
-    // One pass over the request's few names; the removals (hashed) only for a client that sent one.
-    let claims = headers
-        .keys()
-        .any(|n| *n == X_FORWARDED_FOR || *n == X_FORWARDED_PROTO || n == id_header);
-    if claims {
+    // The removals (hashed) only for a client that sent one.
+    if ctx.names.forwarding {
         headers.remove(&X_FORWARDED_FOR);
         headers.remove(&X_FORWARDED_PROTO);
-        headers.remove(id_header);
+        headers.remove(&generation.request_id_header);
     }
     Ok(Forwarding { extended_for })
 }
@@ -747,6 +784,11 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             present[i] = true;
         }
     }
+    remove_hop_by_hop(headers, present);
+}
+
+/// [`strip_hop_by_hop`] when which of [`HOP_BY_HOP`] are `present` is known already.
+fn remove_hop_by_hop(headers: &mut HeaderMap, present: [bool; HOP_BY_HOP.len()]) {
     // `Connection: keep-alive` (or `close`) alone, by far the most common, names nothing else to remove.
     let names_others = present[HOP_CONNECTION]
         && headers.get_all(CONNECTION).iter().any(|v| {
@@ -771,8 +813,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(UPGRADE)
+fn is_upgrade(headers: &HeaderMap, names: &NamesSeen) -> bool {
+    names.hop_by_hop[HOP_UPGRADE]
+        && names.hop_by_hop[HOP_CONNECTION]
         && headers
             .get_all(CONNECTION)
             .iter()
