@@ -723,9 +723,10 @@ pub fn parse_simple_request(buf: &mut BytesMut, max_headers: usize, max_head: us
     RequestHead::Simple(SimpleRequest { request, keep_alive })
 }
 
-/// Room left in a request's header map for what the pipeline adds (forwarding headers, the request id, the
-/// subject), so that adding them never regrows it.
-const ADDED_REQUEST_HEADERS: usize = 6;
+/// Room left in a request's header map for what the pipeline adds (the verified subject; `Connection` and
+/// `Upgrade` for a tunnel), so that adding them never regrows it. The forwarding headers and the request id are
+/// not added to the map but written after it (see [`Appended`]).
+const ADDED_REQUEST_HEADERS: usize = 2;
 
 /// The target and headers of a split-off request head, as slices of it (no copies).
 fn request_parts(head: &Bytes, path: (usize, usize), spans: &[HeaderSpan]) -> Option<(http::Uri, HeaderMap)> {
