@@ -91,12 +91,52 @@ pub fn init(security_file: Option<&Path>) -> Result<LogGuard, Error> {
 /// Where [`access`] lines go; set by [`init`]. Without it (a library user, a test) they are not written.
 static ACCESS_SINK: OnceLock<BatchWriter> = OnceLock::new();
 
+/// What the proxy decided about a request, as the access log names it. A closed set: each name is a JSON string
+/// as it stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Forwarded.
+    Allow,
+    /// Over a size limit (the declared or the streamed body).
+    Limit,
+    /// The client's body broke off or was malformed.
+    ClientError,
+    /// Answered by the proxy for any other failure: no route, no endpoint, an upstream error or timeout.
+    Error,
+    DenyAuth,
+    BlockIdentity,
+    BlockRisk,
+    BlockRate,
+    BlockInspect,
+    /// The inspector would have blocked; detect mode let it through.
+    DetectInspect,
+}
+
+impl Verdict {
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Limit => "limit",
+            Self::ClientError => "client_error",
+            Self::Error => "error",
+            Self::DenyAuth => "deny_auth",
+            Self::BlockIdentity => "block_identity",
+            Self::BlockRisk => "block_risk",
+            Self::BlockRate => "block_rate",
+            Self::BlockInspect => "block_inspect",
+            Self::DetectInspect => "detect_inspect",
+        }
+    }
+}
+
 /// One request, as the access log reports it.
 #[derive(Debug)]
 pub struct AccessLine<'a> {
     pub request_id: &'a str,
     pub source: IpAddr,
-    pub method: &'a str,
+    /// A token (RFC 9110 §9.1): written as it stands.
+    pub method: &'a http::Method,
     pub path: &'a str,
     pub identity: Option<&'a str>,
     pub route: &'a str,
@@ -106,7 +146,7 @@ pub struct AccessLine<'a> {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub latency: Duration,
-    pub verdict: &'a str,
+    pub verdict: Verdict,
     pub complete: bool,
 }
 
@@ -120,8 +160,10 @@ impl AccessLine<'_> {
         json_str(out, self.request_id);
         out.extend_from_slice(b",\"source\":\"");
         push_ip(out, self.source);
-        out.extend_from_slice(b"\",\"method\":");
-        json_str(out, self.method);
+        // Token characters exclude `"`, `\\` and controls.
+        out.extend_from_slice(b"\",\"method\":\"");
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(b",\"path\":");
         json_str(out, self.path);
         if let Some(identity) = self.identity {
@@ -148,8 +190,9 @@ impl AccessLine<'_> {
         out.extend_from_slice(n.format(self.bytes_out).as_bytes());
         out.extend_from_slice(b",\"latency_ms\":");
         push_millis(out, self.latency);
-        out.extend_from_slice(b",\"verdict\":");
-        json_str(out, self.verdict);
+        out.extend_from_slice(b",\"verdict\":\"");
+        out.extend_from_slice(self.verdict.as_str().as_bytes());
+        out.push(b'"');
         out.extend_from_slice(if self.complete {
             b",\"complete\":true,\"target\":\"access\"}\n"
         } else {
@@ -495,7 +538,7 @@ mod tests {
         AccessLine {
             request_id: "0000abcd000000000001",
             source: "2001:db8::7".parse().unwrap(),
-            method: "GET",
+            method: &http::Method::GET,
             path,
             identity,
             route: "/api",
@@ -505,7 +548,7 @@ mod tests {
             bytes_in: 3,
             bytes_out: 11,
             latency: Duration::from_micros(250),
-            verdict: "allow",
+            verdict: Verdict::Allow,
             complete: true,
         }
     }

@@ -42,7 +42,7 @@ use crate::{
     event::{EventKind, Identity, SecurityEvent, Severity},
     identity::{RouteAuth, config::AuthMode, failure_name},
     inspect::RequestView,
-    logging::AccessLine,
+    logging::{AccessLine, Verdict},
     metrics::{AuthFailureLabels, UpstreamErrorLabels},
     risk::{Context as RiskContext, Signal, enforce::Refusal},
 };
@@ -101,7 +101,7 @@ pub struct RequestCtx {
     pub endpoint: Option<SocketAddr>,
     pub identity: Option<Identity>,
     /// `allow`, or why the proxy answered itself (`deny_auth`, `block_inspect`, `limit`, `error`, ...).
-    pub verdict: &'static str,
+    pub verdict: Verdict,
     /// The request body's bytes as they pass; `None` for a request without a body (most), which so costs no
     /// allocation.
     pub bytes_in: Option<Arc<AtomicU64>>,
@@ -261,7 +261,7 @@ pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answ
         upstream_chosen: false,
         endpoint: None,
         identity: None,
-        verdict: "allow",
+        verdict: Verdict::Allow,
         bytes_in: None,
         declared_body: None,
         raw_headers: None,
@@ -270,8 +270,8 @@ pub async fn handle<B: ClientBody>(conn: Arc<ConnInfo>, req: Request<B>) -> Answ
     let resp = match run_phases(&generation, &conn, &mut ctx, req).await {
         Ok(resp) => resp,
         Err(reject) => {
-            if ctx.verdict == "allow" {
-                ctx.verdict = "error";
+            if ctx.verdict == Verdict::Allow {
+                ctx.verdict = Verdict::Error;
             }
             error_response(reject, ctx.id()).map(Either::Right)
         }
@@ -341,7 +341,7 @@ fn request_filter<B: ClientBody>(
             .and_then(|v| v.parse::<u64>().ok())
     });
     if declared.is_some_and(|n| n > limits.max_body_bytes) {
-        ctx.verdict = "limit";
+        ctx.verdict = Verdict::Limit;
         return Err(Reject::PayloadTooLarge);
     }
     ctx.declared_body = declared;
@@ -358,7 +358,7 @@ fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject
     if let Some(identity) = &ctx.identity
         && proxy.risk.identity_refused(identity, ctx.started)
     {
-        ctx.verdict = "block_identity";
+        ctx.verdict = Verdict::BlockIdentity;
         return Err(Reject::Forbidden);
     }
     match proxy.risk.observe(
@@ -369,11 +369,11 @@ fn rate(proxy: &Proxy, ctx: &mut RequestCtx, route: &Route) -> Result<(), Reject
     ) {
         None => Ok(()),
         Some(Refusal::Forbidden) => {
-            ctx.verdict = "block_risk";
+            ctx.verdict = Verdict::BlockRisk;
             Err(Reject::Forbidden)
         }
         Some(Refusal::TooManyRequests) => {
-            ctx.verdict = "block_rate";
+            ctx.verdict = Verdict::BlockRate;
             Err(Reject::TooManyRequests)
         }
     }
@@ -445,7 +445,7 @@ async fn auth(
                     request_id = ctx.id(),
                     "verified subject is not a valid header value"
                 );
-                ctx.verdict = "error";
+                ctx.verdict = Verdict::Error;
                 Reject::Unauthorized
             })?;
             headers.insert(generation.subject_header.clone(), value);
@@ -453,7 +453,7 @@ async fn auth(
             Ok(())
         }
         Err(rejection) => {
-            ctx.verdict = "deny_auth";
+            ctx.verdict = Verdict::DenyAuth;
             proxy
                 .metrics
                 .auth_failures
@@ -551,11 +551,11 @@ async fn inspect(
         None
     };
     if verdict.blocked || refusal.is_some() {
-        ctx.verdict = "block_inspect";
+        ctx.verdict = Verdict::BlockInspect;
         return Err(Reject::Forbidden);
     }
     if verdict.over_threshold {
-        ctx.verdict = "detect_inspect";
+        ctx.verdict = Verdict::DetectInspect;
     }
     Ok(body)
 }
@@ -582,10 +582,10 @@ fn risk_context<'a>(ctx: &'a RequestCtx, label: Option<&'a str>, route: Option<&
 
 fn client_body_error(ctx: &mut RequestCtx, e: &(dyn std::error::Error + 'static)) -> Reject {
     if is_length_limit(e) {
-        ctx.verdict = "limit";
+        ctx.verdict = Verdict::Limit;
         Reject::PayloadTooLarge
     } else {
-        ctx.verdict = "client_error";
+        ctx.verdict = Verdict::ClientError;
         Reject::BadRequest
     }
 }
@@ -650,7 +650,7 @@ async fn upstream_request(
             Ok(resp)
         }
         Err(e) if is_length_limit(&e) => {
-            ctx.verdict = "limit";
+            ctx.verdict = Verdict::Limit;
             Err(Reject::PayloadTooLarge)
         }
         Err(e) if !e.is_timeout() => {
@@ -925,7 +925,7 @@ fn log(
         .metrics
         .observe_request(route, status.as_u16(), elapsed.as_secs_f64());
     // 4xx bursts are scanning; the answer itself is already out, so only a ban can follow.
-    if status.is_client_error() && matches!(ctx.verdict, "allow" | "error") {
+    if status.is_client_error() && matches!(ctx.verdict, Verdict::Allow | Verdict::Error) {
         let _ = proxy.risk.observe(
             &risk_context(ctx, matched.map(|r| &*r.label), None),
             Signal::Status(status.as_u16()),
@@ -937,7 +937,7 @@ fn log(
         &AccessLine {
             request_id: ctx.id(),
             source: ctx.source,
-            method: ctx.method.as_str(),
+            method: &ctx.method,
             path: ctx.uri.path(),
             identity: ctx.identity.as_ref().map(|i| &*i.subject),
             route,
