@@ -123,10 +123,7 @@ impl Proxy {
             cell.set((from, next + 1, end));
             next
         });
-        let mut id = [0_u8; 20];
-        hex_into(&mut id[..8], u64::from(self.request_prefix));
-        hex_into(&mut id[8..], n);
-        RequestId(id)
+        RequestId::new(self.request_prefix, n)
     }
 }
 
@@ -136,9 +133,20 @@ impl Proxy {
 pub struct RequestId([u8; 20]);
 
 impl RequestId {
+    /// `{prefix:08x}{sequence:012x}`, on the stack. Twelve digits hold the sequence's low 48 bits, which last
+    /// 2^48 requests: nine years at a million a second.
+    fn new(prefix: u32, sequence: u64) -> Self {
+        let mut id = [b'0'; 20];
+        let (head, tail) = id.split_at_mut(8);
+        // The lengths match (4 bytes to 8 digits, 6 to 12), so neither can fail; the zeros would stand if one did.
+        let _ = hex::encode_to_slice(prefix.to_be_bytes(), head);
+        let _ = hex::encode_to_slice(&sequence.to_be_bytes()[2..], tail);
+        Self(id)
+    }
+
     #[must_use]
     pub fn as_str(&self) -> &str {
-        // Only `hex_into` writes the bytes.
+        // Only `hex::encode_to_slice` writes the bytes.
         std::str::from_utf8(&self.0).unwrap_or("0")
     }
 
@@ -461,31 +469,27 @@ fn random_u32() -> u32 {
     v
 }
 
-/// The low `out.len()` hex digits of `v`, lower case, zero-padded: on the stack, where a `Vec` pushed digit by
-/// digit cost more than the rest of the id. Twelve digits of sequence last 2^48 requests, nine years at a
-/// million a second.
-fn hex_into(out: &mut [u8], mut v: u64) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for b in out.iter_mut().rev() {
-        *b = DIGITS[(v & 0xf) as usize];
-        v >>= 4;
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::RequestId;
+
     #[test]
-    fn hex_is_what_format_would_write() {
-        for (v, width) in [
-            (0_u64, 8),
-            (0xdead_beef, 8),
-            (5, 12),
-            (0xffff_ffff_ffff, 12),
-            (0x1_0000_0000_0000, 16),
+    fn request_ids_are_what_format_would_write() {
+        for (prefix, sequence) in [
+            (0_u32, 0_u64),
+            (0xdead_beef, 0xdead_beef),
+            (5, 5),
+            (u32::MAX, 0xffff_ffff_ffff),
         ] {
-            let mut s = vec![0; width];
-            super::hex_into(&mut s, v);
-            assert_eq!(s, format!("{v:0width$x}").into_bytes());
+            assert_eq!(
+                RequestId::new(prefix, sequence).as_str(),
+                format!("{prefix:08x}{sequence:012x}")
+            );
         }
+        assert_eq!(
+            RequestId::new(1, 0x1_0000_0000_0005).as_str(),
+            "00000001000000000005",
+            "the sequence keeps its low 48 bits"
+        );
     }
 }

@@ -84,7 +84,7 @@ impl ConnInfo {
 /// Per-request state the phases share and the log phase reports.
 pub struct RequestCtx {
     /// Sent upstream and back to the client, logged, and quoted in error bodies.
-    pub id: RequestId,
+    id: RequestId,
     /// The client address as `X-Forwarded-For` carries it.
     source_header: HeaderValue,
     pub started: Instant,
