@@ -16,6 +16,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
+use crate::Build;
+
 /// Length of each measured load.
 const DURATION: Duration = Duration::from_secs(10);
 /// Unmeasured load first, so connection pools and caches are warm.
@@ -25,7 +27,7 @@ const CONNECTIONS: u32 = 64;
 /// machine one round in three or four is disturbed, and a p99 taken from one round moves with it.
 const ROUNDS: u32 = 5;
 const THREADS: u32 = 2;
-const JWT_SECRET: &str = "bench-secret-0123456789abcdef0123456789";
+pub(crate) const JWT_SECRET: &str = "bench-secret-0123456789abcdef0123456789";
 
 /// One measured row.
 struct Row {
@@ -41,18 +43,27 @@ struct Row {
     cpu_us_per_req: Option<f64>,
 }
 
-pub fn run(workspace_root: &Path) -> Result<()> {
+pub fn run(workspace_root: &Path, build: Build) -> Result<()> {
     for tool in ["wrk", "nginx", "curl"] {
         which(tool).with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl"))?;
     }
-    let bin = build_release(workspace_root)?;
+    let bin = build_binary(workspace_root, build)?;
     let dir = std::env::temp_dir().join(format!("rasp-proxy-bench-{}", std::process::id()));
     fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
     let result = bench_all(&bin, &dir);
     let _ = fs::remove_dir_all(&dir);
     let rows = result?;
+    println!("rasp-proxy build: {}", build.describe());
     print_table(&rows);
     Ok(())
+}
+
+/// The binary a proxy bench measures.
+fn build_binary(workspace_root: &Path, build: Build) -> Result<PathBuf> {
+    match build {
+        Build::Release => build_release(workspace_root),
+        Build::Pgo => crate::pgo::build(workspace_root, &crate::pgo::HOST),
+    }
 }
 
 fn build_release(workspace_root: &Path) -> Result<PathBuf> {
@@ -76,55 +87,102 @@ fn build_release(workspace_root: &Path) -> Result<PathBuf> {
     Ok(workspace_root.join("target/release/rasp-proxy"))
 }
 
-/// `cargo xtask bench proxy-instructions`: user-space instructions per proxied request, counted by callgrind.
-/// Unlike req/s or CPU time, the count barely moves with the machine's load, so an A/B of two commits is
-/// decided in one run each: counters are zeroed after a warm-up, dumped after a bounded single-threaded load,
-/// and divided by the requests `wrk` completed. It counts no kernel work and no memory stalls: use it beside
-/// `bench proxy`, not instead of it. The dump is kept in `target/callgrind-proxy.out` for `callgrind_annotate`.
-pub fn run_instructions(workspace_root: &Path) -> Result<()> {
+/// `cargo xtask bench proxy-instructions`: per proxied request, user-space instructions, instruction- and
+/// data-cache misses and branch mispredictions, as callgrind counts them (its cache model: 32 KiB L1s), for
+/// rasp-proxy and for nginx proxying the same request to the same upstream. Unlike req/s or CPU time, these
+/// barely move with the machine's load, so an A/B of two commits is decided in one run each: counters are zeroed
+/// after a warm-up, dumped after a bounded single-connection-thread load, and divided by the requests `wrk`
+/// completed. They count no kernel work: use this beside `bench proxy`, not instead of it. rasp-proxy's dump is
+/// kept in `target/callgrind-proxy.out` for `callgrind_annotate`.
+pub fn run_instructions(workspace_root: &Path, build: Build) -> Result<()> {
     for tool in ["wrk", "nginx", "curl", "valgrind", "callgrind_control"] {
         which(tool)
             .with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl valgrind"))?;
     }
-    let bin = build_release(workspace_root)?;
+    let bin = build_binary(workspace_root, build)?;
     let dir = std::env::temp_dir().join(format!("rasp-proxy-instructions-{}", std::process::id()));
     fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
     let keep = workspace_root.join("target/callgrind-proxy.out");
-    let result = count_instructions(&bin, &dir, &keep);
+    let result = count_both(&bin, &dir, &keep);
     let _ = fs::remove_dir_all(&dir);
-    let (requests, instructions) = result?;
-    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-    let per_request = instructions as f64 / requests as f64;
-    println!("| requests | instructions (user space) | instructions per request |");
-    println!("|---|---|---|");
-    println!("| {requests} | {instructions} | {per_request:.0} |");
+    let (rasp, nginx) = result?;
+    println!("rasp-proxy build: {}", build.describe());
+    println!(
+        "wrk -t1 -c8, 8 s after a 3 s warm-up, under callgrind --cache-sim=yes --branch-sim=yes; per request:"
+    );
+    println!("| proxy | requests | instructions | I1 misses | D1 misses | branch mispredictions |");
+    println!("|---|---|---|---|---|---|");
+    for (name, c) in [("rasp-proxy", rasp), ("nginx", nginx)] {
+        println!(
+            "| {name} | {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            c.requests, c.instructions, c.i1_misses, c.d1_misses, c.mispredictions
+        );
+    }
     Ok(())
 }
 
-fn count_instructions(bin: &Path, dir: &Path, keep: &Path) -> Result<(u64, u64)> {
+/// What callgrind counted, per request.
+#[derive(Clone, Copy)]
+struct Counts {
+    requests: u64,
+    instructions: f64,
+    i1_misses: f64,
+    /// Reads and writes.
+    d1_misses: f64,
+    /// Conditional and indirect.
+    mispredictions: f64,
+}
+
+fn count_both(bin: &Path, dir: &Path, keep: &Path) -> Result<(Counts, Counts)> {
     let (_upstream, upstream_addr) = start_upstream(dir)?;
     let listen = free_addr()?;
     let config = rasp_config(dir, "plain", listen, upstream_addr, "none")?;
-    let out_file = dir.join("callgrind.out");
+    let mut rasp = Command::new(bin);
+    rasp.args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "warn");
+    let rasp = count_under_callgrind(&rasp, listen, dir, "rasp", Some(keep))?;
+    // The same proxy configuration as `bench proxy`'s (d), in one process: callgrind follows no fork.
+    let listen = free_addr()?;
+    let conf = proxy_nginx_conf(dir, listen, upstream_addr, 1).replacen(
+        "daemon off;",
+        "daemon off;\nmaster_process off;",
+        1,
+    );
+    let conf_path = dir.join("callgrind-nginx.conf");
+    fs::write(&conf_path, conf)?;
+    let mut nginx = Command::new("nginx");
+    nginx.arg("-c").arg(&conf_path).arg("-p").arg(dir);
+    let nginx = count_under_callgrind(&nginx, listen, dir, "nginx", None)?;
+    Ok((rasp, nginx))
+}
+
+fn count_under_callgrind(
+    proxy: &Command,
+    listen: SocketAddr,
+    dir: &Path,
+    name: &str,
+    keep: Option<&Path>,
+) -> Result<Counts> {
+    let out_file = dir.join(format!("{name}.callgrind.out"));
     let proxy = Guard(
         Command::new("valgrind")
-            .arg("--tool=callgrind")
+            .args(["--tool=callgrind", "--cache-sim=yes", "--branch-sim=yes"])
             .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg(bin)
-            .args(["run", "--config"])
-            .arg(&config)
-            .env("RUST_LOG", "warn")
+            .arg(proxy.get_program())
+            .args(proxy.get_args())
+            .envs(proxy.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .context("starting rasp-proxy under valgrind")?,
+            .with_context(|| format!("starting {name} under valgrind"))?,
     );
-    // Under valgrind the daemon starts some fifty times slower.
+    // Under valgrind a daemon starts some fifty times slower.
     let deadline = Instant::now() + Duration::from_secs(90);
     let url = format!("http://{listen}/");
     while curl_status(&url, "X-Warm: 1")? != "200" {
         if Instant::now() > deadline {
-            bail!("rasp-proxy under valgrind did not answer within 90 s");
+            bail!("{name} under valgrind did not answer within 90 s");
         }
         thread::sleep(Duration::from_millis(500));
     }
@@ -139,29 +197,55 @@ fn count_instructions(bin: &Path, dir: &Path, keep: &Path) -> Result<(u64, u64)>
         .and_then(|(n, _)| n.trim().parse::<u64>().ok())
         .filter(|&n| n > 0)
         .with_context(|| format!("no request count in wrk output:\n{out}"))?;
-    // The dump after zeroing is `callgrind.out.N`; its `summary:` (or `totals:`) line is the count.
-    let mut instructions = 0;
+    // The dump after zeroing is `NAME.callgrind.out.N`: its `events:` line names the columns of its `summary:`
+    // (or `totals:`) line.
+    let prefix = format!("{name}.callgrind.out.");
+    let mut dump = None;
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_dump = path
+        if path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("callgrind.out."));
-        if is_dump {
-            let text = fs::read_to_string(&path)?;
-            instructions += text
-                .lines()
-                .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            fs::copy(&path, keep).with_context(|| format!("copying the dump to {}", keep.display()))?;
-            println!("profile: callgrind_annotate --inclusive=yes {}", keep.display());
+            .is_some_and(|n| n.starts_with(&prefix))
+        {
+            dump = Some(path);
         }
     }
-    if instructions == 0 {
-        bail!("callgrind wrote no dump after zeroing");
+    let dump = dump.context("callgrind wrote no dump after zeroing")?;
+    let text = fs::read_to_string(&dump)?;
+    let totals = event_totals(&text).with_context(|| format!("no events or totals in {}", dump.display()))?;
+    if let Some(keep) = keep {
+        fs::copy(&dump, keep).with_context(|| format!("copying the dump to {}", keep.display()))?;
+        println!("profile: callgrind_annotate --inclusive=yes {}", keep.display());
     }
-    Ok((requests, instructions))
+    let event = |e: &str| totals.iter().find(|(n, _)| n == e).map_or(0, |&(_, v)| v);
+    #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
+    let per_request = |v: u64| v as f64 / requests as f64;
+    let counts = Counts {
+        requests,
+        instructions: per_request(event("Ir")),
+        i1_misses: per_request(event("I1mr")),
+        d1_misses: per_request(event("D1mr") + event("D1mw")),
+        mispredictions: per_request(event("Bcm") + event("Bim")),
+    };
+    if counts.instructions == 0.0 {
+        bail!("callgrind counted no instructions for {name}");
+    }
+    Ok(counts)
+}
+
+/// The `events:` names paired with the `summary:` (or `totals:`) counts of a callgrind dump.
+fn event_totals(dump: &str) -> Option<Vec<(String, u64)>> {
+    let names = dump.lines().find_map(|l| l.strip_prefix("events:"))?;
+    let totals = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))?;
+    let counts: Vec<u64> = totals
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    Some(names.split_whitespace().map(str::to_owned).zip(counts).collect())
 }
 
 /// One `wrk` thread on eight connections: the proxy under valgrind is the bottleneck, not the load.
@@ -199,7 +283,7 @@ fn callgrind_control(args: &[&str]) -> Result<()> {
 }
 
 /// The upstream every target is measured against: nginx answering `return 200`, listening when this returns.
-fn start_upstream(dir: &Path) -> Result<(Guard, SocketAddr)> {
+pub(crate) fn start_upstream(dir: &Path) -> Result<(Guard, SocketAddr)> {
     let addr = free_addr()?;
     let upstream = Guard(spawn_nginx(dir, "upstream", &upstream_nginx_conf(dir, addr))?);
     wait_listening(addr)?;
@@ -260,7 +344,7 @@ fn bench_all(bin: &Path, dir: &Path) -> Result<Vec<Row>> {
     let nginx = Guard(spawn_nginx(
         dir,
         "proxy",
-        &proxy_nginx_conf(dir, listen, upstream_addr),
+        &proxy_nginx_conf(dir, listen, upstream_addr, proxy_workers()),
     )?);
     wait_listening(listen)?;
     targets.push(Target {
@@ -320,7 +404,7 @@ fn medians(runs: &[Row]) -> Option<Row> {
 
 /// Stops the child when the benchmark step is over (or fails). SIGTERM first: nginx's master stops its workers
 /// only when it is asked, while SIGKILL would orphan them.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -339,7 +423,7 @@ impl Drop for Guard {
     }
 }
 
-fn which(tool: &str) -> Result<()> {
+pub(crate) fn which(tool: &str) -> Result<()> {
     let ok = Command::new("sh")
         .args(["-c", &format!("command -v {tool}")])
         .stdout(Stdio::null())
@@ -348,11 +432,11 @@ fn which(tool: &str) -> Result<()> {
     if ok { Ok(()) } else { bail!("{tool} missing") }
 }
 
-fn free_addr() -> Result<SocketAddr> {
+pub(crate) fn free_addr() -> Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
-fn wait_listening(addr: SocketAddr) -> Result<()> {
+pub(crate) fn wait_listening(addr: SocketAddr) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
@@ -390,13 +474,13 @@ fn upstream_nginx_conf(dir: &Path, addr: SocketAddr) -> String {
 
 /// nginx as a production-style reverse proxy: upstream keep-alive (as rasp-proxy pools), buffered access log
 /// (as rasp-proxy logs every request), and one worker per CPU (as rasp-proxy runs one worker thread per CPU).
-fn proxy_nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+fn proxy_nginx_conf(dir: &Path, listen: SocketAddr, upstream: SocketAddr, workers: u32) -> String {
     format!(
         "{}http {{ access_log {}/nginx-access.log combined buffer=64k; {} keepalive_requests 100000000;\n\
          upstream backend {{ server {upstream}; keepalive 128; }}\n\
          server {{ listen {listen}; location / {{ proxy_pass http://backend; proxy_http_version 1.1; \
          proxy_set_header Connection \"\"; proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; }} }} }}\n",
-        nginx_common(dir, "proxy", proxy_workers()),
+        nginx_common(dir, "proxy", workers),
         dir.display(),
         temp_paths(dir)
     )
@@ -454,7 +538,7 @@ fn spawn_rasp(bin: &Path, config: &Path) -> Result<Child> {
         .with_context(|| format!("starting {}", bin.display()))
 }
 
-fn make_jwt() -> Result<String> {
+pub(crate) fn make_jwt() -> Result<String> {
     let script = "import jwt, sys, time\n\
                   print(jwt.encode({'iss': 'https://bench.example.test', 'aud': 'bench', 'sub': 'bench-user', \
                   'exp': int(time.time()) + 3600}, sys.argv[1], algorithm='HS256'))";
@@ -665,6 +749,23 @@ fn num_cpus() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_totals_pair_callgrind_columns_with_their_names() {
+        let dump = "version: 1\nevents: Ir Dr I1mr Bcm\nfn=(1) main\n0 5 1 0 0\nsummary: 1000 400 12 7\n";
+        let totals = event_totals(dump).unwrap();
+        assert_eq!(
+            totals,
+            [
+                ("Ir".into(), 1000),
+                ("Dr".into(), 400),
+                ("I1mr".into(), 12),
+                ("Bcm".into(), 7)
+            ]
+        );
+        assert!(event_totals("events: Ir\nsummary: x\n").is_none());
+        assert!(event_totals("summary: 5\n").is_none());
+    }
 
     #[test]
     fn wrk_latency_units() {

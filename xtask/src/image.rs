@@ -23,7 +23,7 @@ fn image_tag() -> String {
 
 /// `check_capabilities`: also run the data-plane commands in the image under the `DaemonSet`'s security settings
 /// (root, network namespaces, a veth pair and a private bpffs; see [`check_capabilities`]).
-pub fn build(root: &Path, check_capabilities: bool) -> Result<()> {
+pub fn build(root: &Path, check_capabilities: bool, build: crate::Build) -> Result<()> {
     require_tools()?;
     super::build_ebpf(root)?;
     let object = root.join(EBPF_OBJECT);
@@ -32,15 +32,28 @@ pub fn build(root: &Path, check_capabilities: bool) -> Result<()> {
         .len();
     ensure!(object_len > 0, "{} is empty", object.display());
     super::run(Command::new("rustup").args(["target", "add", TARGET]))?;
-    super::run(
-        Command::new("cargo")
-            .current_dir(root)
-            .args(["build", "--release", "--target", TARGET, "-p", "proxy-user"])
-            // ring compiles C; musl-gcc (from musl-tools) is the C compiler for this target.
-            .env("CC_x86_64_unknown_linux_musl", "musl-gcc"),
-    )
-    .context("building the static rasp-proxy")?;
-    let binary = root.join("target").join(TARGET).join("release/rasp-proxy");
+    // ring compiles C; musl-gcc (from musl-tools) is the C compiler for this target.
+    let cc = ("CC_x86_64_unknown_linux_musl", "musl-gcc");
+    let binary = match build {
+        crate::Build::Pgo => crate::pgo::build(
+            root,
+            &crate::pgo::Platform {
+                triple: Some(TARGET),
+                env: &[cc],
+            },
+        )
+        .context("building the static rasp-proxy with PGO")?,
+        crate::Build::Release => {
+            super::run(
+                Command::new("cargo")
+                    .current_dir(root)
+                    .args(["build", "--release", "--target", TARGET, "-p", "proxy-user"])
+                    .env(cc.0, cc.1),
+            )
+            .context("building the static rasp-proxy")?;
+            root.join("target").join(TARGET).join("release/rasp-proxy")
+        }
+    };
     let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     ensure!(
         is_static_elf(&bytes)?,

@@ -2,6 +2,7 @@
 
 mod bench_proxy;
 mod image;
+mod pgo;
 mod setup;
 
 use std::{
@@ -26,7 +27,12 @@ enum Task {
     /// Build the XDP object (nightly, bpfel-unknown-none) into target/bpfel-unknown-none/release/proxy-ebpf.
     BuildEbpf,
     /// Build the XDP object and a release `rasp-proxy` that embeds it.
-    Build,
+    Build {
+        /// Profile-guided: an instrumented build, a training load, then the release build with the profile,
+        /// in target/pgo/release/rasp-proxy (about three times as long; needs nginx, wrk, curl, openssl and `PyJWT`).
+        #[arg(long)]
+        pgo: bool,
+    },
     /// Run every test: set-up, eBPF build, lints, unit tests, then the privileged tests (root, netns).
     Test {
         /// Extra arguments for the privileged test binary (e.g. a test name filter).
@@ -40,6 +46,8 @@ enum Task {
         /// Also run the XDP commands in it under the `DaemonSet`'s capabilities (root; netns, veth, bpffs).
         #[arg(long)]
         check_capabilities: bool,
+        #[command(flatten)]
+        build: BuildChoice,
     },
     /// Benchmarks that print a table.
     Bench {
@@ -53,11 +61,50 @@ enum Bench {
     /// ns per packet of the XDP program (`BPF_PROG_TEST_RUN`) for each path, beside xdp-filter.
     Xdp,
     /// rasp-proxy against the upstream alone and nginx, with wrk on loopback.
-    Proxy,
+    Proxy {
+        #[command(flatten)]
+        build: BuildChoice,
+    },
     /// User-space instructions per proxied request under callgrind: a load-independent A/B measure.
-    ProxyInstructions,
+    ProxyInstructions {
+        #[command(flatten)]
+        build: BuildChoice,
+    },
     /// Time from the first byte of a banning request to the first XDP drop of its source: p50, p90, p99, max.
     Reaction,
+}
+
+/// Which `rasp-proxy` the image ships and the proxy benches measure: profile-guided unless told otherwise.
+#[derive(clap::Args)]
+struct BuildChoice {
+    /// The plain release build instead of the profile-guided one (`cargo xtask build --pgo`): quicker to build,
+    /// slower to run.
+    #[arg(long)]
+    no_pgo: bool,
+}
+
+impl BuildChoice {
+    fn build(&self) -> Build {
+        if self.no_pgo { Build::Release } else { Build::Pgo }
+    }
+}
+
+/// How a release `rasp-proxy` is built.
+#[derive(Clone, Copy)]
+enum Build {
+    /// `cargo build --release` (LTO, one codegen unit).
+    Release,
+    /// The same, guided by a profile of a training load (`pgo.rs`).
+    Pgo,
+}
+
+impl Build {
+    fn describe(self) -> &'static str {
+        match self {
+            Self::Release => "release (LTO), no PGO",
+            Self::Pgo => "release (LTO) with PGO, as `cargo xtask build --pgo`",
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -66,9 +113,13 @@ fn main() -> Result<()> {
     match cli.task {
         Task::Setup => setup::install(),
         Task::BuildEbpf => build_ebpf(&root),
-        Task::Build => {
+        Task::Build { pgo: false } => {
             build_ebpf(&root)?;
             cargo(&root, &["build", "--release", "-p", "proxy-user"])
+        }
+        Task::Build { pgo: true } => {
+            build_ebpf(&root)?;
+            pgo::build(&root, &pgo::HOST).map(drop)
         }
         Task::Test { args } => test(&root, &args),
         Task::Demo => {
@@ -81,17 +132,22 @@ fn main() -> Result<()> {
                 .env("RASP_PROXY_BIN", &bin)
                 .args(["run", "--quiet", "-p", "rasp-tests", "--bin", "demo"]))
         }
-        Task::Bench { which: Bench::Proxy } => {
-            setup::install()?;
-            bench_proxy::run(&root)
-        }
         Task::Bench {
-            which: Bench::ProxyInstructions,
+            which: Bench::Proxy { build },
         } => {
             setup::install()?;
-            bench_proxy::run_instructions(&root)
+            bench_proxy::run(&root, build.build())
         }
-        Task::Image { check_capabilities } => image::build(&root, check_capabilities),
+        Task::Bench {
+            which: Bench::ProxyInstructions { build },
+        } => {
+            setup::install()?;
+            bench_proxy::run_instructions(&root, build.build())
+        }
+        Task::Image {
+            check_capabilities,
+            build,
+        } => image::build(&root, check_capabilities, build.build()),
         Task::Bench { which: Bench::Xdp } => {
             setup::install()?;
             build_ebpf(&root)?;
