@@ -1,6 +1,7 @@
-//! `cargo xtask image`: the container image. Builds the XDP object and a static `rasp-proxy`
-//! (`x86_64-unknown-linux-musl`) that embeds it, stages a build context holding only that binary and the example
-//! config, builds `Containerfile` with podman, then checks that the binary in the image starts.
+//! `cargo xtask image`: the container image. Builds the XDP object and a static, profile-guided `rasp-proxy`
+//! (`x86_64-unknown-linux-musl`, see `pgo.rs`; `--no-pgo` for the plain release build) that embeds it, stages
+//! a build context holding only that binary and the example config, builds `Containerfile` with podman, then
+//! checks that the binary in the image starts.
 
 use std::{
     fs,
