@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::Build;
+use crate::release::{Build, HOST};
 
 /// Length of each measured load.
 const DURATION: Duration = Duration::from_secs(10);
@@ -47,7 +47,7 @@ pub fn run(workspace_root: &Path, build: Build) -> Result<()> {
     for tool in ["wrk", "nginx", "curl"] {
         which(tool).with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl"))?;
     }
-    let bin = build_binary(workspace_root, build)?;
+    let bin = build.binary(workspace_root, &HOST)?;
     let dir = std::env::temp_dir().join(format!("rasp-proxy-bench-{}", std::process::id()));
     fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
     let result = bench_all(&bin, &dir);
@@ -56,35 +56,6 @@ pub fn run(workspace_root: &Path, build: Build) -> Result<()> {
     println!("rasp-proxy build: {}", build.describe());
     print_table(&rows);
     Ok(())
-}
-
-/// The binary a proxy bench measures.
-fn build_binary(workspace_root: &Path, build: Build) -> Result<PathBuf> {
-    match build {
-        Build::Release => build_release(workspace_root),
-        Build::Pgo => crate::pgo::build(workspace_root, &crate::pgo::HOST),
-    }
-}
-
-fn build_release(workspace_root: &Path) -> Result<PathBuf> {
-    println!("building rasp-proxy (release)...");
-    let status = Command::new(env!("CARGO"))
-        .current_dir(workspace_root)
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "proxy-user",
-            "--bin",
-            "rasp-proxy",
-        ])
-        .status()
-        .context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build of rasp-proxy failed");
-    }
-    Ok(workspace_root.join("target/release/rasp-proxy"))
 }
 
 /// `cargo xtask bench proxy-instructions`: per proxied request, user-space instructions, instruction- and
@@ -99,7 +70,7 @@ pub fn run_instructions(workspace_root: &Path, build: Build) -> Result<()> {
         which(tool)
             .with_context(|| format!("{tool} not found: apt-get install -y wrk nginx-light curl valgrind"))?;
     }
-    let bin = build_binary(workspace_root, build)?;
+    let bin = build.binary(workspace_root, &HOST)?;
     let dir = std::env::temp_dir().join(format!("rasp-proxy-instructions-{}", std::process::id()));
     fs::create_dir_all(dir.join("tmp")).with_context(|| format!("creating {}", dir.display()))?;
     let keep = workspace_root.join("target/callgrind-proxy.out");
@@ -191,10 +162,7 @@ fn count_under_callgrind(
     callgrind_control(&["-z", &pid])?;
     let out = load_single(&url, Duration::from_secs(8))?;
     callgrind_control(&["-d", &pid])?;
-    let requests = out
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.trim().parse::<u64>().ok())
+    let requests = wrk_requests(&out)
         .filter(|&n| n > 0)
         .with_context(|| format!("no request count in wrk output:\n{out}"))?;
     // The dump after zeroing is `NAME.callgrind.out.N`: its `events:` line names the columns of its `summary:`
@@ -246,6 +214,13 @@ fn event_totals(dump: &str) -> Option<Vec<(String, u64)>> {
         .collect::<Result<_, _>>()
         .ok()?;
     Some(names.split_whitespace().map(str::to_owned).zip(counts).collect())
+}
+
+/// The requests a `wrk` run completed (its "N requests in T" line).
+pub(crate) fn wrk_requests(out: &str) -> Option<u64> {
+    out.lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
 }
 
 /// One `wrk` thread on eight connections: the proxy under valgrind is the bottleneck, not the load.
@@ -524,7 +499,7 @@ fn rasp_config(
     Ok(path)
 }
 
-fn spawn_rasp(bin: &Path, config: &Path) -> Result<Child> {
+pub(crate) fn spawn_rasp(bin: &Path, config: &Path) -> Result<Child> {
     Command::new(bin)
         .arg("run")
         .arg("--config")

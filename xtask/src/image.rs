@@ -11,6 +11,8 @@ use std::{
 
 use anyhow::{Context as _, Result, bail, ensure};
 
+use crate::release::{Build, Platform};
+
 const TARGET: &str = "x86_64-unknown-linux-musl";
 /// Where the proxy-user build script finds the XDP object to embed.
 const EBPF_OBJECT: &str = "target/bpfel-unknown-none/release/proxy-ebpf";
@@ -24,7 +26,7 @@ fn image_tag() -> String {
 
 /// `check_capabilities`: also run the data-plane commands in the image under the `DaemonSet`'s security settings
 /// (root, network namespaces, a veth pair and a private bpffs; see [`check_capabilities`]).
-pub fn build(root: &Path, check_capabilities: bool, build: crate::Build) -> Result<()> {
+pub fn build(root: &Path, check_capabilities: bool, build: Build) -> Result<()> {
     require_tools()?;
     super::build_ebpf(root)?;
     let object = root.join(EBPF_OBJECT);
@@ -33,28 +35,14 @@ pub fn build(root: &Path, check_capabilities: bool, build: crate::Build) -> Resu
         .len();
     ensure!(object_len > 0, "{} is empty", object.display());
     super::run(Command::new("rustup").args(["target", "add", TARGET]))?;
-    // ring compiles C; musl-gcc (from musl-tools) is the C compiler for this target.
-    let cc = ("CC_x86_64_unknown_linux_musl", "musl-gcc");
-    let binary = match build {
-        crate::Build::Pgo => crate::pgo::build(
-            root,
-            &crate::pgo::Platform {
-                triple: Some(TARGET),
-                env: &[cc],
-            },
-        )
-        .context("building the static rasp-proxy with PGO")?,
-        crate::Build::Release => {
-            super::run(
-                Command::new("cargo")
-                    .current_dir(root)
-                    .args(["build", "--release", "--target", TARGET, "-p", "proxy-user"])
-                    .env(cc.0, cc.1),
-            )
-            .context("building the static rasp-proxy")?;
-            root.join("target").join(TARGET).join("release/rasp-proxy")
-        }
+    let platform = Platform {
+        triple: Some(TARGET),
+        // ring compiles C; musl-gcc (from musl-tools) is the C compiler for this target.
+        env: &[("CC_x86_64_unknown_linux_musl", "musl-gcc")],
     };
+    let binary = build
+        .binary(root, &platform)
+        .context("building the static rasp-proxy")?;
     let bytes = fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     ensure!(
         is_static_elf(&bytes)?,

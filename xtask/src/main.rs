@@ -3,6 +3,7 @@
 mod bench_proxy;
 mod image;
 mod pgo;
+mod release;
 mod setup;
 
 use std::{
@@ -12,6 +13,7 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
+use release::Build;
 
 #[derive(Parser)]
 #[command(about = "rasp-proxy project automation")]
@@ -89,37 +91,16 @@ impl BuildChoice {
     }
 }
 
-/// How a release `rasp-proxy` is built.
-#[derive(Clone, Copy)]
-enum Build {
-    /// `cargo build --release` (LTO, one codegen unit).
-    Release,
-    /// The same, guided by a profile of a training load (`pgo.rs`).
-    Pgo,
-}
-
-impl Build {
-    fn describe(self) -> &'static str {
-        match self {
-            Self::Release => "release (LTO), no PGO",
-            Self::Pgo => "release (LTO) with PGO, as `cargo xtask build --pgo`",
-        }
-    }
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
     match cli.task {
         Task::Setup => setup::install(),
         Task::BuildEbpf => build_ebpf(&root),
-        Task::Build { pgo: false } => {
+        Task::Build { pgo } => {
             build_ebpf(&root)?;
-            cargo(&root, &["build", "--release", "-p", "proxy-user"])
-        }
-        Task::Build { pgo: true } => {
-            build_ebpf(&root)?;
-            pgo::build(&root, &pgo::HOST).map(drop)
+            let build = if pgo { Build::Pgo } else { Build::Release };
+            build.binary(&root, &release::HOST).map(drop)
         }
         Task::Test { args } => test(&root, &args),
         Task::Demo => {

@@ -24,7 +24,12 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 
-use crate::bench_proxy::{Guard, free_addr, make_jwt, start_upstream, wait_listening, which};
+use crate::{
+    bench_proxy::{
+        Guard, free_addr, make_jwt, spawn_rasp, start_upstream, wait_listening, which, wrk_requests,
+    },
+    release::{Platform, cargo_build},
+};
 
 /// Where the profile-guided binary is built.
 pub const TARGET_DIR: &str = "target/pgo";
@@ -45,23 +50,9 @@ const H2_REQUESTS: usize = 500;
 /// h2c requests (prior knowledge) on the plain listener, a curl each.
 const H2C_REQUESTS: usize = 50;
 
-/// The platform a profile-guided build is for. The profile is gathered with that platform's own instrumented
-/// binary: symbol names differ between targets, so another target's profile would match nothing.
-pub struct Platform<'a> {
-    /// `--target`, or the host.
-    pub triple: Option<&'a str>,
-    /// Environment the target's build needs (e.g. the C compiler for ring on musl).
-    pub env: &'a [(&'a str, &'a str)],
-}
-
-/// The host's own binary: `target/pgo/release/rasp-proxy`.
-pub const HOST: Platform<'static> = Platform {
-    triple: None,
-    env: &[],
-};
-
-/// Builds `target/pgo/[TRIPLE/]release/rasp-proxy` and returns its path. The XDP object is embedded when it has
-/// been built (`cargo xtask build-ebpf`), as in the plain release build.
+/// Builds `target/pgo/[TRIPLE/]release/rasp-proxy` for `platform` and returns its path. The profile is gathered
+/// with that platform's own instrumented binary: symbol names differ between targets, so another target's
+/// profile would match nothing.
 pub fn build(root: &Path, platform: &Platform<'_>) -> Result<PathBuf> {
     for tool in ["wrk", "nginx", "curl", "openssl", "python3"] {
         which(tool).with_context(|| format!("{tool} not found (cargo xtask setup installs it)"))?;
@@ -78,7 +69,7 @@ pub fn build(root: &Path, platform: &Platform<'_>) -> Result<PathBuf> {
         root,
         platform,
         GENERATE_TARGET_DIR,
-        &format!("-Cprofile-generate={}", raw.display()),
+        Some(&format!("-Cprofile-generate={}", raw.display())),
     )?;
 
     if modified(&profile)? > modified(&instrumented)? {
@@ -111,7 +102,7 @@ pub fn build(root: &Path, platform: &Platform<'_>) -> Result<PathBuf> {
         root,
         platform,
         TARGET_DIR,
-        &format!("-Cprofile-use={}", profile.display()),
+        Some(&format!("-Cprofile-use={}", profile.display())),
     )?;
     println!("pgo: {}", bin.display());
     Ok(bin)
@@ -167,34 +158,6 @@ fn output(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-fn cargo_build(root: &Path, platform: &Platform<'_>, target_dir: &str, rustflags: &str) -> Result<PathBuf> {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", root.join(target_dir))
-        .env("RUSTFLAGS", rustflags)
-        .envs(platform.env.iter().copied())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "proxy-user",
-            "--bin",
-            "rasp-proxy",
-        ]);
-    let mut out = root.join(target_dir);
-    if let Some(triple) = platform.triple {
-        cargo.args(["--target", triple]);
-        out.push(triple);
-    }
-    let status = cargo.status().context("running cargo build")?;
-    if !status.success() {
-        bail!("cargo build in {target_dir} failed");
-    }
-    Ok(out.join("release/rasp-proxy"))
-}
-
 /// Runs the instrumented binary under the training load and stops it with SIGTERM, which writes the profile.
 fn train(bin: &Path, dir: &Path) -> Result<()> {
     let (_upstream, upstream) = start_upstream(dir)?;
@@ -230,18 +193,7 @@ fn train(bin: &Path, dir: &Path) -> Result<()> {
     let script = dir.join("mix.lua");
     fs::write(&script, MIX_LUA)?;
 
-    let proxy = Guard(
-        Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .env("RASP_BENCH_JWT_SECRET", crate::bench_proxy::JWT_SECRET)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?,
-    );
+    let proxy = Guard(spawn_rasp(bin, &config)?);
     wait_listening(plain)?;
     wait_listening(tls)?;
     for url in [format!("http://{plain}"), format!("https://{tls}")] {
@@ -261,11 +213,7 @@ fn train(bin: &Path, dir: &Path) -> Result<()> {
                 .args(["--", &jwt, TRAINING_API_KEY]),
         )?;
         // A mix that mostly failed would train the error paths instead of the proxy's.
-        let requests = out
-            .lines()
-            .find_map(|l| l.trim().split_once(" requests in "))
-            .and_then(|(n, _)| n.trim().parse::<u64>().ok())
-            .unwrap_or(0);
+        let requests = wrk_requests(&out).unwrap_or(0);
         if requests < MIN_REQUESTS {
             bail!("training load against {url} completed {requests} requests:\n{out}");
         }
